@@ -1,0 +1,202 @@
+"""Time training epochs of the NumPy autoencoder against PyTorch's.
+
+Both sides train the same 784-512-256-128-256-512-784 network (ReLU inside,
+sigmoid output, per-pixel MSE, plain SGD) in float32 on the same 60,000
+images, taking turns in one process, so that both see the same machine
+load.  A third contender runs only the 17 matrix products of each SGD step
+through NumPy: the floor that no NumPy version can beat.
+
+    python benchmark/speed.py --data-dir DIR   # DIR holds Fashion-MNIST
+
+Prints seconds per epoch (the median of --repeats), the ratio to PyTorch,
+the floor, and the peak resident memory of the script's default run.
+"""
+
+import argparse
+import math
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import autoencoder_mnist as ae  # noqa: E402  (needs the path above)
+
+
+def flops_per_image(sizes):
+    """Return the FLOPs of the matrix products of one image's SGD step.
+
+    Forward, weight gradient and input gradient each cost 2 n_in n_out per
+    layer; the first layer needs no input gradient.
+    """
+    pairs = list(zip(sizes[:-1], sizes[1:]))
+    macs = 3 * sum(m * n for m, n in pairs) - pairs[0][0] * pairs[0][1]
+    return 2 * macs
+
+
+def numpy_epoch(state, X, batch_size, lr):
+    """Train the project's network for one epoch; return the seconds."""
+    weights, biases, rng, work = state
+    start = time.perf_counter()
+    ae.train_epoch(weights, biases, X, batch_size, lr, rng, work, epoch=1)
+    return time.perf_counter() - start
+
+
+def floor_epoch(state, n_images, batch_size):
+    """Run only the 17 matrix products of every step; return the seconds."""
+    weights, acts, deltas, grads = state
+    start = time.perf_counter()
+    for lo in range(0, n_images, batch_size):
+        n = min(batch_size, n_images - lo)
+        A = [a[:n] for a in acts]
+        D = [d[:n] for d in deltas]
+        for i, W in enumerate(weights):
+            np.matmul(A[i], W, out=A[i + 1])
+        for i in range(len(weights) - 1, -1, -1):
+            np.matmul(A[i].T, D[i + 1], out=grads[i])
+            if i > 0:
+                np.matmul(D[i + 1], weights[i].T, out=D[i])
+    return time.perf_counter() - start
+
+
+def torch_epoch(state, X, batch_size):
+    """Train the PyTorch reference for one epoch; return the seconds."""
+    import torch
+
+    model, optimizer, generator = state
+    loss_fn = torch.nn.MSELoss()  # mean over every pixel, as in the script
+    start = time.perf_counter()
+    order = torch.randperm(len(X), generator=generator)
+    total = 0.0
+    for lo in range(0, len(X), batch_size):
+        batch = X[order[lo:lo + batch_size]]
+        loss = loss_fn(model(batch), batch)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        total += loss.item() * len(batch)
+    seconds = time.perf_counter() - start
+    if not math.isfinite(total):
+        raise RuntimeError("the PyTorch reference diverged")
+    return seconds
+
+
+def torch_state(sizes, lr, seed):
+    """Return the PyTorch reference network, its SGD and a generator."""
+    import torch
+
+    torch.manual_seed(seed)
+    layers = []
+    for i, (m, n) in enumerate(zip(sizes[:-1], sizes[1:])):
+        layers.append(torch.nn.Linear(m, n))
+        last = i == len(sizes) - 2
+        layers.append(torch.nn.Sigmoid() if last else torch.nn.ReLU())
+    model = torch.nn.Sequential(*layers)
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr)
+    return model, optimizer, torch.Generator().manual_seed(seed)
+
+
+def floor_state(sizes, batch_size, seed):
+    """Return random weights and buffers for the matrix products alone."""
+    rng = np.random.default_rng(seed)
+    weights, _ = ae.init_params(sizes, rng, np.float32)
+    acts = [rng.random((batch_size, n), np.float32) for n in sizes]
+    deltas = [rng.random((batch_size, n), np.float32) * 1e-3 for n in sizes]
+    grads = [np.empty_like(W) for W in weights]
+    return weights, acts, deltas, grads
+
+
+def time_batch_size(X, batch_size, lr, repeats, seed):
+    """Return median seconds per epoch for numpy, torch and the floor."""
+    import torch
+
+    sizes = ae.LAYER_SIZES
+    rng = np.random.default_rng(seed)
+    weights, biases = ae.init_params(sizes, rng, np.float32)
+    work = ae.Workspace(sizes, batch_size, np.float32)
+    numpy_state = (weights, biases, rng, work)
+    reference = torch_state(sizes, lr, seed)
+    floor = floor_state(sizes, batch_size, seed)
+    X_torch = torch.from_numpy(X)
+
+    times = {"numpy": [], "torch": [], "floor": []}
+    for _ in range(repeats):
+        times["numpy"].append(numpy_epoch(numpy_state, X, batch_size, lr))
+        times["torch"].append(torch_epoch(reference, X_torch, batch_size))
+        times["floor"].append(floor_epoch(floor, len(X), batch_size))
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def peak_memory_of_run(data_dir, epochs):
+    """Run the script's default settings on Fashion-MNIST; return peak MiB."""
+    with tempfile.TemporaryDirectory() as out:
+        command = [sys.executable, str(ROOT / "autoencoder_mnist.py"),
+                   "--dataset", "fashion-mnist", "--data-dir", str(data_dir),
+                   "--epochs", str(epochs), "--out", out]
+        subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+    # ru_maxrss is in KiB on Linux: the largest child process that ended.
+    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+
+
+def main():
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--data-dir", required=True,
+                        help="folder holding Fashion-MNIST's four files")
+    parser.add_argument("--batch-sizes", type=int, nargs="+",
+                        default=[64, 256])
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="epochs timed per contender; the median counts")
+    parser.add_argument("--memory-epochs", type=int, default=1,
+                        help="epochs of the run whose peak memory is "
+                             "measured; 0 skips it")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+
+    import torch
+    from threadpoolctl import threadpool_info
+
+    (X_uint8, _), = ae.load_data(args.data_dir, "fashion-mnist",
+                                 ["train"]).values()
+    X = ae.to_unit_floats(X_uint8, np.float32)
+    lr = ae.parse_args([]).lr
+    blas = [f"{i['internal_api']} {i['version']} ({i['num_threads']} "
+            f"threads)" for i in threadpool_info() if i["user_api"] == "blas"]
+    print(f"{len(X):,} Fashion-MNIST images, float32, lr {lr:g}; "
+          f"{os.cpu_count()} CPUs; torch {torch.__version__} "
+          f"({torch.get_num_threads()} threads); numpy {np.__version__} "
+          f"with {', '.join(blas)}")
+    gflop = flops_per_image(ae.LAYER_SIZES) * len(X) / 1e9
+    print(f"matrix products per epoch: {gflop:.1f} GFLOP; median of "
+          f"{args.repeats} epochs each\n")
+
+    header = (f"{'batch':>5}  {'numpy s':>8}  {'torch s':>8}  "
+              f"{'numpy/torch':>11}  {'floor s':>8}  {'numpy/floor':>11}  "
+              f"{'numpy GFLOP/s':>13}  {'torch GFLOP/s':>13}")
+    print(header)
+    for batch_size in args.batch_sizes:
+        t = time_batch_size(X, batch_size, lr, args.repeats, args.seed)
+        print(f"{batch_size:>5}  {t['numpy']:8.2f}  {t['torch']:8.2f}  "
+              f"{t['numpy'] / t['torch']:11.2f}  {t['floor']:8.2f}  "
+              f"{t['numpy'] / t['floor']:11.2f}  "
+              f"{gflop / t['numpy']:13.1f}  {gflop / t['torch']:13.1f}",
+              flush=True)
+
+    if args.memory_epochs > 0:
+        peak = peak_memory_of_run(args.data_dir, args.memory_epochs)
+        print(f"\npeak resident memory of autoencoder_mnist.py with default "
+              f"settings, {args.memory_epochs} epoch(s) on {len(X):,} "
+              f"images: {peak:.0f} MiB")
+
+
+if __name__ == "__main__":
+    main()
