@@ -934,6 +934,13 @@ def main(argv=None):
         print("Interrupted before training started; nothing was written.",
               file=sys.stderr)
         return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # Standard output was closed early, as by `| head`.  Point it at
+        # /dev/null so that the interpreter's final flush fails no more.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        print("error: standard output was closed; training stopped.",
+              file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":
