@@ -89,7 +89,8 @@ def candidate_folders(data_dir, class_name):
     or below that, or a plain folder of the files, is accepted too.
     """
     root = Path(data_dir)
-    folders = [root / class_name / "raw", root / "raw", root, root / class_name]
+    folders = [root / class_name / "raw", root / "raw", root,
+               root / class_name]
     if root.is_dir():
         for child in sorted(root.iterdir()):
             if child.is_dir():
@@ -152,7 +153,10 @@ def read_idx(path, kind):
     """Parse one IDX file, plain or gzip'd, with torchvision's reader."""
     from torchvision.datasets import mnist
 
-    reader = mnist.read_image_file if kind == "images" else mnist.read_label_file
+    if kind == "images":
+        reader = mnist.read_image_file
+    else:
+        reader = mnist.read_label_file
     with tempfile.TemporaryDirectory() as tmp:
         plain = path
         if path.suffix == ".gz":
@@ -179,7 +183,7 @@ def read_idx(path, kind):
 
 
 def check_split(images, labels, image_path, label_path):
-    """Raise InputError unless images and labels form a split of 28x28 digits."""
+    """Raise InputError unless the arrays are a split of 28x28 digits."""
     pixels = LAYER_SIZES[0]
     side = math.isqrt(pixels)
     if images.ndim != 3 or images.shape[1:] != (side, side):
@@ -195,10 +199,15 @@ def check_split(images, labels, image_path, label_path):
         )
     if len(images) == 0:
         raise InputError(f"{image_path} contains no images.")
+    if labels.max() > 9:
+        raise InputError(
+            f"{label_path} contains the label {labels.max()}, expected 0 "
+            "to 9; it is not an MNIST-format labels file."
+        )
 
 
 def load_data(data_dir, dataset, splits):
-    """Load each split as float images (N, D) in [0, 1] and labels (N,).
+    """Return {split: (uint8 images (N, D), labels (N,))} for each split.
 
     Files already on disk are read with no network access; with none there,
     torchvision downloads, checks and unpacks them first.
@@ -570,11 +579,13 @@ def plot_image_rows(rows, row_labels, title, path):
     fig.savefig(path, dpi=100)
 
 
-def interpolation_rows(weights, biases, codes, labels, steps=10, pairs=4):
+def interpolation_rows(weights, biases, codes, labels, classes, steps=10,
+                       pairs=4):
     """Decode evenly spaced codes between pairs of test images.
 
     Returns (rows, row_labels): pair k joins the first test image of class
-    k with the first of class k + 5 (wrapping), or its neighbour if absent.
+    k with the first of class k + 5.  A class missing from the test images
+    falls back to image 0, and a pair of one image to image 0 and 1.
     """
     t = np.linspace(0.0, 1.0, steps, dtype=codes.dtype)[:, None]
     rows, row_labels = [], []
@@ -585,7 +596,7 @@ def interpolation_rows(weights, biases, codes, labels, steps=10, pairs=4):
             b = (a + 1) % len(codes)
         line = (1 - t) * codes[a] + t * codes[b]  # (steps, K)
         rows.append(predict(weights, biases, line, start=CODE_LAYER))
-        row_labels.append(f"{labels[a]} to {labels[b]}")
+        row_labels.append(f"{classes[labels[a]]}\nto {classes[labels[b]]}")
     return rows, row_labels
 
 
@@ -607,7 +618,8 @@ def draw_figures(weights, biases, data, history, pca_mse, folder):
                     f"{name}: test images and their reconstructions",
                     folder / "reconstructed_images.png")
 
-    rows, row_labels = interpolation_rows(weights, biases, codes, y_test)
+    rows, row_labels = interpolation_rows(weights, biases, codes, y_test,
+                                          classes)
     plot_image_rows(rows, row_labels,
                     f"{name}: decoded points on the line between two codes",
                     folder / "latent_interpolation.png")
@@ -691,7 +703,8 @@ def parse_args(argv=None):
     parser.add_argument("--dataset", choices=sorted(DATASETS),
                         default="mnist", help="dataset to train on")
     parser.add_argument("--data-dir", default="data",
-                        help="folder holding the dataset, or to download it to")
+                        help="folder holding the dataset, or to download "
+                             "it into")
     parser.add_argument("--out", default="outputs",
                         help="folder for figures, log, metrics and weights")
     parser.add_argument("--limit", type=positive(int), default=None,
@@ -703,7 +716,8 @@ def parse_args(argv=None):
     parser.add_argument("--dtype", choices=["float32", "float64"],
                         default="float32", help="floating-point type")
     parser.add_argument("--resume", type=Path, default=None, metavar="PATH",
-                        help="continue from the autoencoder.npz of a run")
+                        help="continue from the autoencoder.npz of a run, "
+                             "with its generator state in place of --seed")
     args = parser.parse_args(argv)
 
     problem = unwritable_reason(Path(args.out))
@@ -741,12 +755,12 @@ def prepare_data(args, log):
         if n >= len(images):
             raise InputError(
                 f"--split-test-set {n} leaves no test images: the test "
-                f"split holds {len(images)}. Choose a smaller N."
+                f"split contains {len(images)}. Choose a smaller N."
             )
-        train_images, train_labels = images[:n], labels[:n]
+        train_images = images[:n]
         test_images, test_labels = images[n:], labels[n:]
     else:
-        train_images, train_labels = data["train"]
+        train_images = data["train"][0]
         test_images, test_labels = data["test"]
 
     if args.limit is not None:

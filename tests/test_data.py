@@ -4,7 +4,6 @@ import functools
 import gzip
 import hashlib
 import http.server
-import shutil
 import socket
 import threading
 
@@ -13,7 +12,7 @@ import pytest
 from torchvision import datasets
 
 import autoencoder_mnist as ae
-from conftest import write_dataset
+from conftest import idx_bytes, write_dataset
 
 SPLITS = ["train", "test"]
 
@@ -170,7 +169,6 @@ def test_damaged_file_named(tmp_path, damage):
 def test_wrong_image_shape_named(tmp_path):
     write_dataset(tmp_path, gz=False)
     images = np.zeros((300, 14, 14), np.uint8)
-    from conftest import idx_bytes
     (tmp_path / "train-images-idx3-ubyte").write_bytes(idx_bytes(images))
     with pytest.raises(ae.InputError, match=r"shape \(14, 14\)"):
         ae.load_data(tmp_path, "mnist", SPLITS)
@@ -178,8 +176,15 @@ def test_wrong_image_shape_named(tmp_path):
 
 def test_label_count_mismatch_named(tmp_path):
     write_dataset(tmp_path, gz=False)
-    from conftest import idx_bytes
     labels = np.zeros(7, np.uint8)
     (tmp_path / "train-labels-idx1-ubyte").write_bytes(idx_bytes(labels))
     with pytest.raises(ae.InputError, match="7 labels for the 300 images"):
+        ae.load_data(tmp_path, "mnist", SPLITS)
+
+
+def test_label_out_of_range_named(tmp_path):
+    write_dataset(tmp_path, gz=False)
+    labels = np.full(100, 42, np.uint8)
+    (tmp_path / "t10k-labels-idx1-ubyte").write_bytes(idx_bytes(labels))
+    with pytest.raises(ae.InputError, match="the label 42, expected 0 to 9"):
         ae.load_data(tmp_path, "mnist", SPLITS)

@@ -1,17 +1,18 @@
 """Each kind of bad input or interruption ends cleanly, losing nothing."""
 
+import gzip
 import hashlib
 import json
 import re
 import signal
 import subprocess
 import sys
-import time
 
+import numpy as np
 import pytest
 
 import autoencoder_mnist as ae
-from conftest import ROOT, SCRIPT, run_script, write_dataset
+from conftest import ROOT, SCRIPT, idx_bytes, run_script, write_dataset
 
 
 def digests(folder):
@@ -52,10 +53,6 @@ def test_bad_data_folder(tmp_path, problem):
     elif problem == "not idx":
         path.write_bytes(b"<html>403 Forbidden</html>")
     else:
-        import gzip
-
-        import numpy as np
-        from conftest import idx_bytes
         path.write_bytes(gzip.compress(idx_bytes(np.zeros((5, 10, 10),
                                                           np.uint8))))
     out = tmp_path / "out"
@@ -86,7 +83,6 @@ def test_unambiguous_layout_loads(tmp_path):
     ("--dataset", "cifar10")])
 def test_bad_flag_rejected_before_loading(tmp_path, flag, value):
     out = tmp_path / "out"
-    started = time.perf_counter()
     result = run_script("--data-dir", tmp_path / "nothing", "--out", out,
                         flag, value)
     assert_clean_failure(result, out)
