@@ -23,6 +23,7 @@ import signal
 import sys
 import tempfile
 import time
+import zipfile
 import zlib
 from pathlib import Path
 
@@ -32,16 +33,20 @@ import numpy as np
 LAYER_SIZES = [784, 512, 256, 128, 256, 512, 784]
 CODE_LAYER = LAYER_SIZES.index(min(LAYER_SIZES))  # index of the code's layer
 EVAL_ROWS = 1000  # images per chunk when evaluating, encoding and decoding
+MIN_TEST_IMAGES = 10  # the reconstruction figure shows ten
 
 DATASETS = {  # --dataset value: torchvision class name
     "mnist": "MNIST",
     "fashion-mnist": "FashionMNIST",
     "kmnist": "KMNIST",
 }
+TITLES = {"mnist": "MNIST", "fashion-mnist": "Fashion-MNIST",
+          "kmnist": "KMNIST"}
+MAX_SEED = 2**32 - 1  # the largest seed scikit-learn's random_state takes
 SPLIT_PREFIX = {"train": "train", "test": "t10k"}
 
 EXIT_BAD_INPUT = 2  # argparse's own code for bad flags; also used for bad data
-EXIT_DIVERGED = 1
+EXIT_DIVERGED = 1  # training stopped early: a non-finite loss, say
 EXIT_INTERRUPTED = 130  # the shell's code for a process stopped by Ctrl-C
 
 OUTPUT_FILES = [
@@ -54,6 +59,9 @@ OUTPUT_FILES = [
     "training_log.txt",
 ]
 PARTIAL_LOG = "training_log.partial.txt"
+REPLACE_FILE_HINT = ("Copy an intact file into its place, or move the "
+                     "folder's dataset files away and run again to download "
+                     "all four.")
 
 
 class InputError(Exception):
@@ -85,8 +93,10 @@ def normalized_name(name):
 def candidate_folders(data_dir, class_name):
     """List the folders, most likely first, that may hold the IDX files.
 
-    torchvision keeps them in DATA_DIR/MNIST/raw; a folder one level above
-    or below that, or a plain folder of the files, is accepted too.
+    torchvision keeps them in DATA_DIR/MNIST/raw.  DATA_DIR itself, its
+    MNIST or raw folder, and SUB/MNIST/raw one level down are accepted
+    too; other subfolders are not searched, as they may hold another
+    dataset's files under the same names.
     """
     root = Path(data_dir)
     folders = [root / class_name / "raw", root / "raw", root,
@@ -94,7 +104,7 @@ def candidate_folders(data_dir, class_name):
     if root.is_dir():
         for child in sorted(root.iterdir()):
             if child.is_dir():
-                folders += [child / class_name / "raw", child]
+                folders.append(child / class_name / "raw")
     return folders
 
 
@@ -111,7 +121,7 @@ def find_files(data_dir, class_name, stems):
         for path in sorted(folder.iterdir()):
             stem = normalized_name(path.name)
             if stem in stems and path.is_file():
-                if stem not in found or found[stem].suffix == ".gz":
+                if stem not in found or found[stem].suffix.lower() == ".gz":
                     found[stem] = path
         if found:
             return folder, found
@@ -159,7 +169,7 @@ def read_idx(path, kind):
         reader = mnist.read_label_file
     with tempfile.TemporaryDirectory() as tmp:
         plain = path
-        if path.suffix == ".gz":
+        if path.suffix.lower() == ".gz":
             plain = Path(tmp) / path.stem
             try:
                 with gzip.open(path) as src, open(plain, "wb") as dst:
@@ -168,17 +178,16 @@ def read_idx(path, kind):
             except (OSError, EOFError, zlib.error) as error:
                 raise InputError(
                     f"{path} is not a valid gzip file or is truncated "
-                    f"({error}).\nDelete it and run again to download it, "
-                    "or copy an intact one into its place."
+                    f"({error}).\n{REPLACE_FILE_HINT}"
                 ) from None
         try:
             return reader(str(plain)).numpy()
         except (AssertionError, RuntimeError, ValueError, TypeError,
                 KeyError, IndexError) as error:
+            detail = f" ({error})" if str(error) else ""
             raise InputError(
                 f"{path} is not an IDX file of {kind} or is truncated"
-                f"{f' ({error})' if str(error) else ''}.\nDelete it and run "
-                "again to download it, or copy an intact one into its place."
+                f"{detail}.\n{REPLACE_FILE_HINT}"
             ) from None
 
 
@@ -207,7 +216,7 @@ def check_split(images, labels, image_path, label_path):
 
 
 def load_data(data_dir, dataset, splits):
-    """Return {split: (uint8 images (N, D), labels (N,))} for each split.
+    """Return {split: (uint8 images (N, D), labels (N,))} and the folder.
 
     Files already on disk are read with no network access; with none there,
     torchvision downloads, checks and unpacks them first.
@@ -220,11 +229,15 @@ def load_data(data_dir, dataset, splits):
         folder, files = find_files(data_dir, class_name, wanted)
     missing = [stem for stem in wanted if stem not in files]
     if missing:
+        hint = ""
+        if all(stem.startswith("train") for stem in missing):
+            hint = ("\nWith only the test files, --split-test-set N trains "
+                    "on the first N test images.")
         raise InputError(
             f"{folder} contains part of {class_name} but not "
             f"{', '.join(missing)} (plain or .gz).\nCopy the missing "
             f"files into {folder}, or move that folder away and run again "
-            "to download all of them."
+            f"to download all of them.{hint}"
         )
     data = {}
     for split in splits:
@@ -233,7 +246,7 @@ def load_data(data_dir, dataset, splits):
         labels = read_idx(files[label_stem], "labels")
         check_split(images, labels, files[image_stem], files[label_stem])
         data[split] = (images.reshape(len(images), -1), labels)
-    return data
+    return data, folder
 
 
 def class_names(dataset):
@@ -243,8 +256,20 @@ def class_names(dataset):
 
 
 def read_dataset(data_dir, dataset, splits):
-    """Return load_data's splits and the dataset's class names."""
-    return load_data(data_dir, dataset, splits), class_names(dataset)
+    """Return load_data's splits and folder, and the class names."""
+    data, folder = load_data(data_dir, dataset, splits)
+    return data, folder, class_names(dataset)
+
+
+def send_dataset(connection, data_dir, dataset, splits):
+    """Send read_dataset's result, or its InputError, down connection."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C
+    try:
+        connection.send((True, read_dataset(data_dir, dataset, splits)))
+    except InputError as error:
+        connection.send((False, str(error)))
+    finally:
+        connection.close()
 
 
 def read_dataset_in_child(data_dir, dataset, splits):
@@ -252,13 +277,31 @@ def read_dataset_in_child(data_dir, dataset, splits):
 
     torchvision needs torch, whose import alone takes about 670 MiB of
     resident memory (torch 2.14 with CUDA, measured).  A child that exits
-    after loading keeps that memory out of the training process.  The
-    child ignores Ctrl-C, and this process ends it instead.
+    after loading keeps that memory out of the training process.
     """
     context = multiprocessing.get_context("spawn")
-    with context.Pool(1, initializer=signal.signal,
-                      initargs=(signal.SIGINT, signal.SIG_IGN)) as pool:
-        return pool.apply(read_dataset, (data_dir, dataset, splits))
+    receiver, sender = context.Pipe(duplex=False)
+    child = context.Process(target=send_dataset,
+                            args=(sender, data_dir, dataset, splits))
+    child.start()
+    sender.close()
+    try:
+        succeeded, result = receiver.recv()
+    except EOFError:
+        child.join()
+        raise InputError(
+            f"the process loading the data ended with exit code "
+            f"{child.exitcode} before sending it; a negative code is the "
+            "signal that killed it, such as -9 when memory ran out."
+        ) from None
+    finally:
+        receiver.close()
+        if child.is_alive():
+            child.terminate()
+        child.join()
+    if not succeeded:
+        raise InputError(result)
+    return result
 
 
 # ---------------------------------------------------------------------------
@@ -523,16 +566,19 @@ def new_figure(**kwargs):
     return Figure(**kwargs)
 
 
-def plot_loss_curve(history, pca_mse, title, path):
+def plot_loss_curve(history, pca_mse, components, title, path):
     """Draw train and test MSE per epoch, with the PCA baseline as a line."""
     fig = new_figure(figsize=(6.4, 4.2), layout="constrained")
+    from matplotlib.ticker import MaxNLocator  # after new_figure sets Agg
+
     ax = fig.add_subplot()
     epochs = [r["epoch"] for r in history]
     ax.plot(epochs, [r["train_mse"] for r in history], label="train MSE")
     ax.plot(epochs, [r["test_mse"] for r in history], label="test MSE")
     ax.axhline(pca_mse, color="gray", linestyle="--",
-               label=f"PCA, {LAYER_SIZES[CODE_LAYER]} components (test)")
+               label=f"PCA, {components} components (test)")
     ax.set_yscale("log")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
     ax.set_ylabel("mean squared error per pixel")
     ax.set_title(title)
@@ -600,12 +646,13 @@ def interpolation_rows(weights, biases, codes, labels, classes, steps=10,
     return rows, row_labels
 
 
-def draw_figures(weights, biases, data, history, pca_mse, folder):
+def draw_figures(weights, biases, data, history, pca_mse, components,
+                 folder):
     """Write every figure of a run into folder."""
     X_test, y_test, classes = data["X_test"], data["y_test"], data["classes"]
     name = data["title"]
-    plot_loss_curve(history, pca_mse, f"{name}: reconstruction error",
-                    folder / "loss_curve.png")
+    plot_loss_curve(history, pca_mse, components,
+                    f"{name}: reconstruction error", folder / "loss_curve.png")
 
     codes = predict(weights, biases, X_test, layer=CODE_LAYER - 1)
     plot_latent_pca(codes, y_test, classes,
@@ -643,8 +690,13 @@ def save_checkpoint(path, weights, biases, history, rng, config):
 
 def load_checkpoint(path, dtype):
     """Return weights, biases, history, rng and config saved by a run."""
+    not_checkpoint = (f"cannot resume from {path}: it is not an "
+                      "autoencoder.npz written by this script")
     try:
-        with np.load(path, allow_pickle=False) as saved:
+        saved = np.load(path, allow_pickle=False)
+        if not isinstance(saved, np.lib.npyio.NpzFile):
+            raise InputError(f"{not_checkpoint} (a single array).")
+        with saved:
             n = len(LAYER_SIZES) - 1
             weights = [saved[f"W{i}"].astype(dtype) for i in range(n)]
             biases = [saved[f"b{i}"].astype(dtype) for i in range(n)]
@@ -652,17 +704,21 @@ def load_checkpoint(path, dtype):
             rng = np.random.default_rng()
             rng.bit_generator.state = json.loads(str(saved["rng_state"]))
             config = json.loads(str(saved["config"]))
-    except (OSError, KeyError, ValueError, zlib.error) as error:
+    except (OSError, EOFError, KeyError, ValueError, TypeError,
+            zipfile.BadZipFile, zlib.error) as error:
+        raise InputError(f"{not_checkpoint} ({type(error).__name__}).") \
+            from None
+    shapes = [W.shape for W in weights] + [b.shape for b in biases]
+    expected = (list(zip(LAYER_SIZES[:-1], LAYER_SIZES[1:]))
+                + [(n,) for n in LAYER_SIZES[1:]])
+    if shapes != expected:
         raise InputError(
-            f"cannot resume from {path}: {error}. Give the autoencoder.npz "
-            "written by a run of this script."
-        ) from None
-    expected = list(zip(LAYER_SIZES[:-1], LAYER_SIZES[1:]))
-    if [W.shape for W in weights] != expected:
-        raise InputError(
-            f"cannot resume from {path}: its layers are "
-            f"{[W.shape for W in weights]}, this script's are {expected}."
+            f"cannot resume from {path}: its parameters have shapes "
+            f"{shapes}, this script's have {expected}."
         )
+    keys = {"epoch", "train_mse", "test_mse", "train_seconds"}
+    if not all(isinstance(r, dict) and keys <= r.keys() for r in history):
+        raise InputError(f"{not_checkpoint} (its history is damaged).")
     return weights, biases, history, rng, config
 
 
@@ -680,42 +736,73 @@ def positive(kind):
                 f"invalid {kind.__name__} value: {text!r}") from None
         if not (math.isfinite(value) and value > 0):
             raise argparse.ArgumentTypeError(
-                f"must be greater than 0, got {text}")
+                f"must be a finite number greater than 0, got {text}")
         return value
     parse.__name__ = f"positive {kind.__name__}"
     return parse
+
+
+def seed(text):
+    """Parse a seed that both NumPy and scikit-learn accept."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"invalid int value: {text!r}") from None
+    if not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(
+            f"must be from 0 to {MAX_SEED}, got {text}")
+    return value
+
+
+def path_flag(text):
+    """Parse a non-empty path, expanding a leading ~ as a shell would."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must not be empty")
+    return os.path.expanduser(text)
+
+
+class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Show defaults in --help, except for flags that are off by default."""
+
+    def _get_help_string(self, action):
+        if action.default is None:
+            return action.help
+        return super()._get_help_string(action)
 
 
 def parse_args(argv=None):
     """Parse and check the flags; exit with status 2 on a bad one."""
     parser = argparse.ArgumentParser(
         description="Train a NumPy autoencoder 784-512-256-128-256-512-784 "
-                    "on MNIST with mini-batch SGD.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                    "on MNIST, Fashion-MNIST or KMNIST with mini-batch SGD.",
+        formatter_class=DefaultsHelpFormatter)
     parser.add_argument("--epochs", type=positive(int), default=100,
                         help="total epochs, counting those of --resume")
     parser.add_argument("--batch-size", type=positive(int), default=64,
                         help="images per SGD step")
     parser.add_argument("--lr", type=positive(float), default=5.0,
                         help="SGD learning rate")
-    parser.add_argument("--seed", type=int, default=0,
+    parser.add_argument("--seed", type=seed, default=0,
                         help="seed of the generator for weights and shuffles")
     parser.add_argument("--dataset", choices=sorted(DATASETS),
                         default="mnist", help="dataset to train on")
-    parser.add_argument("--data-dir", default="data",
+    parser.add_argument("--data-dir", type=path_flag, default="data",
                         help="folder holding the dataset, or to download "
                              "it into")
-    parser.add_argument("--out", default="outputs",
+    parser.add_argument("--out", type=path_flag, default="outputs",
                         help="folder for figures, log, metrics and weights")
     parser.add_argument("--limit", type=positive(int), default=None,
-                        help="train on the first LIMIT training images only")
+                        metavar="N",
+                        help="train on the first N training images only")
     parser.add_argument("--split-test-set", type=positive(int), default=None,
                         metavar="N",
                         help="read only the test files: train on their first "
                              "N images and test on the rest")
     parser.add_argument("--dtype", choices=["float32", "float64"],
                         default="float32", help="floating-point type")
-    parser.add_argument("--resume", type=Path, default=None, metavar="PATH",
+    parser.add_argument("--resume", type=path_flag, default=None,
+                        metavar="PATH",
                         help="continue from the autoencoder.npz of a run, "
                              "with its generator state in place of --seed")
     args = parser.parse_args(argv)
@@ -723,7 +810,10 @@ def parse_args(argv=None):
     problem = unwritable_reason(Path(args.out))
     if problem:
         parser.error(f"argument --out: {problem}")
-    if args.resume is not None and not args.resume.is_file():
+    if Path(args.data_dir).is_file():
+        parser.error(f"argument --data-dir: {args.data_dir} is a file; give "
+                     "the folder that holds the dataset")
+    if args.resume is not None and not Path(args.resume).is_file():
         parser.error(f"argument --resume: no file {args.resume}; give the "
                      "autoencoder.npz of an earlier run")
     return args
@@ -747,15 +837,17 @@ def unwritable_reason(folder):
 def prepare_data(args, log):
     """Load the splits the flags ask for, as float arrays, and the titles."""
     splits = ["test"] if args.split_test_set else ["train", "test"]
-    data, classes = read_dataset_in_child(args.data_dir, args.dataset,
-                                          splits)
+    data, folder, classes = read_dataset_in_child(args.data_dir,
+                                                  args.dataset, splits)
+    log(f"read {TITLES[args.dataset]} from {folder}")
     if args.split_test_set:
         images, labels = data["test"]
         n = args.split_test_set
-        if n >= len(images):
+        if n > len(images) - MIN_TEST_IMAGES:
             raise InputError(
-                f"--split-test-set {n} leaves no test images: the test "
-                f"split contains {len(images)}. Choose a smaller N."
+                f"--split-test-set {n} leaves fewer than {MIN_TEST_IMAGES} "
+                f"test images: the test split contains {len(images)}. "
+                f"Choose N of at most {len(images) - MIN_TEST_IMAGES}."
             )
         train_images = images[:n]
         test_images, test_labels = images[n:], labels[n:]
@@ -777,7 +869,7 @@ def prepare_data(args, log):
         "X_test": to_unit_floats(test_images, args.dtype),
         "y_test": test_labels,
         "classes": classes,
-        "title": DATASETS[args.dataset],
+        "title": TITLES[args.dataset],
     }
 
 
@@ -798,10 +890,10 @@ class RunLog:
             self.file.write(line + "\n")
 
     def __call__(self, line="", stream=None):
-        print(line, file=stream or sys.stdout, flush=True)
         if not self.file.closed:
             self.file.write(line + "\n")
             self.file.flush()
+        print(line, file=stream or sys.stdout, flush=True)
 
     def close(self):
         self.file.close()
@@ -840,7 +932,11 @@ def initial_state(args, log):
             f"--epochs {args.epochs}; --epochs counts all epochs, so give "
             f"at least {len(history)}."
         )
-    ignored = {"epochs", "out", "resume", "seed"}
+    if saved.get("seed") != args.seed:
+        log(f"note: --seed {args.seed} is ignored; the generator continues "
+            f"from {args.resume}, first seeded with {saved.get('seed')}")
+        args.seed = saved.get("seed")
+    ignored = {"epochs", "out", "resume", "seed", "data_dir"}
     changed = [f"--{k.replace('_', '-')} {saved.get(k)} -> {v}"
                for k, v in config_of(args).items()
                if k not in ignored and saved.get(k) != v]
@@ -853,18 +949,21 @@ def initial_state(args, log):
 def write_results(weights, biases, data, history, rng, args, log):
     """Evaluate, draw and save everything, then move it all into --out."""
     out = Path(args.out)
-    code_size = LAYER_SIZES[CODE_LAYER]
+    # A PCA cannot have more components than training images.
+    components = min(LAYER_SIZES[CODE_LAYER], len(data["X_train"]))
     with tempfile.TemporaryDirectory(dir=out, prefix=".staging-") as tmp:
         staging = Path(tmp)
-        pca_mse = pca_test_mse(data["X_train"], data["X_test"], code_size,
+        pca_mse = pca_test_mse(data["X_train"], data["X_test"], components,
                                args.seed)
         final = history[-1]
-        log(f"PCA baseline ({code_size} components, fit on the training "
+        log(f"PCA baseline ({components} components, fit on the training "
             f"images): test MSE {pca_mse:.6f}")
+        epochs = f"{len(history)} epoch{'s' * (len(history) != 1)}"
         log(f"final: train MSE {final['train_mse']:.6f}, test MSE "
-            f"{final['test_mse']:.6f} after {len(history)} epochs, "
+            f"{final['test_mse']:.6f} after {epochs}, "
             f"{sum(r['train_seconds'] for r in history):.1f} s of training")
-        draw_figures(weights, biases, data, history, pca_mse, staging)
+        draw_figures(weights, biases, data, history, pca_mse, components,
+                     staging)
         metrics = {"config": config_of(args), "epochs": history,
                    "final_train_mse": final["train_mse"],
                    "final_test_mse": final["test_mse"],
@@ -906,8 +1005,12 @@ def run(args):
     data = prepare_data(args, early_log)
     weights, biases, history, rng = initial_state(args, early_log)
 
-    out.mkdir(parents=True, exist_ok=True)
-    log = RunLog(out / PARTIAL_LOG, early_lines)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        log = RunLog(out / PARTIAL_LOG, early_lines)
+    except OSError as error:
+        raise InputError(f"cannot write into --out {out}: {error}; choose "
+                         "a folder you can write to") from None
     n_params = sum(W.size + b.size for W, b in zip(weights, biases))
     for line in settings_lines(args, n_params, len(data["X_train"]),
                                len(data["X_test"])):
@@ -937,8 +1040,14 @@ def run(args):
     return 0
 
 
+def interrupt(signum, frame):
+    """Turn SIGTERM into KeyboardInterrupt, to stop as cleanly as Ctrl-C."""
+    raise KeyboardInterrupt
+
+
 def main(argv=None):
     args = parse_args(argv)
+    signal.signal(signal.SIGTERM, interrupt)
     try:
         return run(args)
     except InputError as error:
@@ -952,9 +1061,11 @@ def main(argv=None):
         # Standard output was closed early, as by `| head`.  Point it at
         # /dev/null so that the interpreter's final flush fails no more.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        print("error: standard output was closed; training stopped.",
+        print(f"error: standard output was closed, so training stopped. "
+              f"The results of earlier runs in {args.out} are unchanged; "
+              f"this run's log is {Path(args.out) / PARTIAL_LOG}.",
               file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return EXIT_DIVERGED
 
 
 if __name__ == "__main__":

@@ -196,8 +196,8 @@ def main():
     import torch
     from threadpoolctl import threadpool_info
 
-    (X_uint8, _), = ae.load_data(args.data_dir, "fashion-mnist",
-                                 ["train"]).values()
+    data, _ = ae.load_data(args.data_dir, "fashion-mnist", ["train"])
+    X_uint8 = data["train"][0]
     X = ae.to_unit_floats(X_uint8, np.float32)
     lr = ae.parse_args([]).lr
     blas = [f"{i['internal_api']} {i['version']} ({i['num_threads']} "

@@ -30,24 +30,24 @@ def assert_matches(data, arrays):
 
 def test_gz_only_folder_loads(tmp_path):
     arrays = write_dataset(tmp_path, gz=True)
-    assert_matches(ae.load_data(tmp_path, "mnist", SPLITS), arrays)
+    assert_matches(ae.load_data(tmp_path, "mnist", SPLITS)[0], arrays)
 
 
 def test_torchvision_layout_loads(tmp_path):
     arrays = write_dataset(tmp_path / "MNIST" / "raw", gz=False)
-    assert_matches(ae.load_data(tmp_path, "mnist", SPLITS), arrays)
+    assert_matches(ae.load_data(tmp_path, "mnist", SPLITS)[0], arrays)
 
 
 def test_plain_file_preferred_to_gz(tmp_path):
     raw = tmp_path / "MNIST" / "raw"
     arrays = write_dataset(raw, gz=False)
     (raw / "train-images-idx3-ubyte.gz").write_bytes(b"left over")
-    assert_matches(ae.load_data(tmp_path, "mnist", SPLITS), arrays)
+    assert_matches(ae.load_data(tmp_path, "mnist", SPLITS)[0], arrays)
 
 
 def test_test_split_alone_needs_two_files(tmp_path):
     arrays = write_dataset(tmp_path, splits=("t10k",))
-    data = ae.load_data(tmp_path, "mnist", ["test"])
+    data, _ = ae.load_data(tmp_path, "mnist", ["test"])
     np.testing.assert_array_equal(data["test"][1], arrays["t10k"][1])
 
 
@@ -57,20 +57,36 @@ def test_folder_one_level_off_loads(tmp_path, layout):
     data_dir = {"MNIST": tmp_path / "data" / "MNIST",
                 "MNIST/raw": tmp_path / "data" / "MNIST" / "raw",
                 "up": tmp_path}[layout]
-    assert_matches(ae.load_data(data_dir, "mnist", SPLITS), arrays)
+    assert_matches(ae.load_data(data_dir, "mnist", SPLITS)[0], arrays)
 
 
-def test_name_variants_load(tmp_path):
-    arrays = write_dataset(tmp_path, gz=False)
+@pytest.mark.parametrize("gz", [False, True])
+def test_name_variants_load(tmp_path, gz):
+    arrays = write_dataset(tmp_path, gz=gz)
     for path in tmp_path.iterdir():
         variant = path.name.replace("-idx", ".idx").upper()
         path.rename(tmp_path / variant)
-    assert_matches(ae.load_data(tmp_path, "mnist", SPLITS), arrays)
+    assert_matches(ae.load_data(tmp_path, "mnist", SPLITS)[0], arrays)
+
+
+def test_sibling_folders_not_searched(tmp_path, monkeypatch):
+    write_dataset(tmp_path / "fashion")
+    monkeypatch.setattr(datasets.MNIST, "mirrors",
+                        [f"http://127.0.0.1:{closed_port()}/"])
+    with pytest.raises(ae.InputError, match="could not download MNIST"):
+        ae.load_data(tmp_path, "mnist", SPLITS)
+
+
+def test_only_test_files_suggests_split(tmp_path):
+    write_dataset(tmp_path, splits=("t10k",))
+    with pytest.raises(ae.InputError, match="--split-test-set N"):
+        ae.load_data(tmp_path, "mnist", SPLITS)
 
 
 def test_fashion_mnist_folder_loads(tmp_path):
     arrays = write_dataset(tmp_path / "FashionMNIST" / "raw")
-    assert_matches(ae.load_data(tmp_path, "fashion-mnist", SPLITS), arrays)
+    assert_matches(ae.load_data(tmp_path, "fashion-mnist", SPLITS)[0],
+                   arrays)
 
 
 @pytest.fixture
@@ -99,14 +115,14 @@ def served_mnist(tmp_path, monkeypatch):
 def test_download_then_offline_load(tmp_path, served_mnist):
     server, arrays = served_mnist
     data_dir = tmp_path / "data"
-    assert_matches(ae.load_data(data_dir, "mnist", SPLITS), arrays)
+    assert_matches(ae.load_data(data_dir, "mnist", SPLITS)[0], arrays)
     raw = data_dir / "MNIST" / "raw"
     assert (raw / "train-images-idx3-ubyte").is_file()
 
     # With the server gone, the files on disk are enough.
     server.shutdown()
     server.server_close()
-    assert_matches(ae.load_data(data_dir, "mnist", SPLITS), arrays)
+    assert_matches(ae.load_data(data_dir, "mnist", SPLITS)[0], arrays)
 
 
 def test_download_checksum_mismatch_fails(tmp_path, served_mnist,
@@ -163,7 +179,7 @@ def test_damaged_file_named(tmp_path, damage):
         ae.load_data(tmp_path, "mnist", SPLITS)
     message = str(raised.value)
     assert str(path) in message
-    assert "Delete it and run again" in message
+    assert "Copy an intact file into its place" in message
 
 
 def test_wrong_image_shape_named(tmp_path):

@@ -3,10 +3,13 @@
 import gzip
 import hashlib
 import json
+import os
 import re
 import signal
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -80,7 +83,8 @@ def test_unambiguous_layout_loads(tmp_path):
     ("--batch-size", "0"), ("--lr", "0"), ("--lr", "-0.1"), ("--lr", "nan"),
     ("--lr", "inf"), ("--lr", "fast"), ("--limit", "0"), ("--limit", "-5"),
     ("--split-test-set", "0"), ("--dtype", "float16"),
-    ("--dataset", "cifar10")])
+    ("--dataset", "cifar10"), ("--seed", "-1"), ("--seed", "4294967296"),
+    ("--seed", "x"), ("--data-dir", ""), ("--resume", " ")])
 def test_bad_flag_rejected_before_loading(tmp_path, flag, value):
     out = tmp_path / "out"
     result = run_script("--data-dir", tmp_path / "nothing", "--out", out,
@@ -102,6 +106,29 @@ def test_out_that_is_a_file_rejected(tmp_path):
     assert blocker.read_text() == "not a folder"
 
 
+def test_empty_out_rejected(tmp_path):
+    result = run_script("--data-dir", tmp_path / "nothing", "--out", "")
+    assert result.returncode == 2
+    assert "argument --out: must not be empty" in result.stderr
+
+
+def test_uncreatable_out_named(tmp_path, data_dir):
+    out = "/proc/autoencoder-test-out"
+    result = run_script("--data-dir", data_dir, "--out", out)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert f"cannot write into --out {out}" in result.stderr
+
+
+def test_data_dir_that_is_a_file_rejected(tmp_path):
+    blocker = tmp_path / "blocker"
+    blocker.write_text("not a folder")
+    result = run_script("--data-dir", blocker, "--out", tmp_path / "out")
+    assert result.returncode == 2
+    assert "argument --data-dir" in result.stderr
+    assert "is a file" in result.stderr
+
+
 def test_missing_resume_file_rejected(tmp_path):
     out = tmp_path / "out"
     result = run_script("--resume", tmp_path / "none.npz", "--out", out)
@@ -109,14 +136,65 @@ def test_missing_resume_file_rejected(tmp_path):
     assert "argument --resume" in result.stderr
 
 
-def test_resume_from_non_checkpoint_rejected(tmp_path, data_dir):
+@pytest.mark.parametrize("content", ["text", "npy", "truncated npz"])
+def test_resume_from_non_checkpoint_rejected(tmp_path, data_dir, content):
     bad = tmp_path / "bad.npz"
-    bad.write_bytes(b"not an npz file")
+    if content == "text":
+        bad.write_bytes(b"not an npz file")
+    elif content == "npy":
+        np.save(bad.with_suffix(".npy"), np.zeros(3))
+        bad.with_suffix(".npy").rename(bad)
+    else:
+        np.savez(bad, W0=np.zeros((784, 512)))
+        bad.write_bytes(bad.read_bytes()[:1000])
     out = tmp_path / "out"
     result = run_script("--data-dir", data_dir, "--resume", bad,
                         "--out", out)
     assert_clean_failure(result, out)
-    assert str(bad) in result.stderr
+    assert f"cannot resume from {bad}" in result.stderr
+
+
+def test_limit_below_code_size_runs(tmp_path, data_dir):
+    out = tmp_path / "out"
+    result = run_script("--data-dir", data_dir, "--epochs", 1, "--limit", 50,
+                        "--out", out)
+    assert result.returncode == 0, result.stderr
+    assert "PCA baseline (50 components" in result.stdout
+    assert (out / "metrics.json").is_file()
+
+
+def test_split_leaving_too_few_test_images(tmp_path, data_dir):
+    out = tmp_path / "out"
+    result = run_script("--data-dir", data_dir, "--split-test-set", 95,
+                        "--out", out)
+    assert_clean_failure(result, out)
+    assert "at most 90" in result.stderr
+
+
+def test_killed_loader_reported(tmp_path, data_dir):
+    out = tmp_path / "out"
+    process = subprocess.Popen(
+        [sys.executable, str(SCRIPT), "--data-dir", str(data_dir),
+         "--out", str(out)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    try:
+        loader = None
+        deadline = time.monotonic() + 60
+        while loader is None and time.monotonic() < deadline:
+            children = Path(f"/proc/{process.pid}/task/{process.pid}/children")
+            for pid in children.read_text().split():
+                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+                if b"spawn_main" in cmdline:
+                    loader = int(pid)
+            time.sleep(0.05)
+        assert loader is not None, "no loader process appeared"
+        os.kill(loader, signal.SIGKILL)
+        stdout, stderr = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert_clean_failure(subprocess.CompletedProcess([], process.returncode,
+                                                     stdout, stderr), out)
+    assert "ended with exit code -9" in stderr
 
 
 def test_limit_and_batch_above_data_use_all(tmp_path, data_dir):
@@ -154,7 +232,8 @@ def test_divergence_stops_and_keeps_results(tmp_path, data_dir):
 
 # Results on disk -----------------------------------------------------------
 
-def test_ctrl_c_keeps_earlier_results(tmp_path, data_dir):
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_keeps_earlier_results(tmp_path, data_dir, signum):
     out = tmp_path / "out"
     first = run_script("--data-dir", data_dir, "--epochs", 1, "--out", out)
     assert first.returncode == 0, first.stderr
@@ -174,7 +253,7 @@ def test_ctrl_c_keeps_earlier_results(tmp_path, data_dir):
             if re.match(r"epoch +2/", line):
                 break
         assert re.match(r"epoch +2/", lines[-1]), "".join(lines)
-        process.send_signal(signal.SIGINT)
+        process.send_signal(signum)
         stdout, stderr = process.communicate(timeout=60)
     finally:
         process.kill()
