@@ -28,6 +28,7 @@ import zlib
 from pathlib import Path
 
 import numpy as np
+from scipy.linalg import blas
 
 # N images per batch, D = 784 pixels per image, K = 128 numbers per code.
 LAYER_SIZES = [784, 512, 256, 128, 256, 512, 784]
@@ -324,6 +325,22 @@ def allocate_activations(sizes, rows, dtype):
     return [np.empty((rows, n), dtype) for n in sizes[1:]]
 
 
+def gemm(alpha, X, Y, beta, C):
+    """Set C = alpha * X @ Y + beta * C in place, with one BLAS call.
+
+    C must be C-ordered; X and Y may be C-ordered or transposes of such.
+    BLAS stores matrices by columns, so it computes C.T = Y.T @ X.T.
+    Every product of training goes through here, not through np.matmul:
+    NumPy and SciPy bring separate OpenBLAS thread pools, and alternating
+    between them in one step made an epoch several times slower.
+    """
+    product = blas.sgemm if C.dtype == np.float32 else blas.dgemm
+    a, trans_a = (Y.T, 0) if Y.flags.c_contiguous else (Y, 1)
+    b, trans_b = (X.T, 0) if X.flags.c_contiguous else (X, 1)
+    product(alpha, a, b, beta=beta, c=C.T, trans_a=trans_a,
+            trans_b=trans_b, overwrite_c=True)
+
+
 def sigmoid_(z):
     """Apply the logistic sigmoid 1 / (1 + exp(-z)) in place.
 
@@ -353,7 +370,7 @@ def forward(weights, biases, X, acts, start=0):
     A = X
     for i in range(start, last + 1):
         Z = acts[i]
-        np.matmul(A, weights[i], out=Z)
+        gemm(1.0, A, weights[i], 0.0, Z)
         Z += biases[i]
         if i < last:
             np.maximum(Z, 0, out=Z)
@@ -374,27 +391,29 @@ def mse_loss(Y, T, diff):
     """
     np.subtract(Y, T, out=diff)
     flat = diff.reshape(-1)
-    return float(flat @ flat) / diff.size
+    dot = blas.sdot if flat.dtype == np.float32 else blas.ddot
+    return float(dot(flat, flat)) / diff.size
 
 
 def backward(weights, X, acts, diff, grads_w, grads_b, deltas,
-             input_grad=False, scale=1.0):
+             input_grad=False, scale=1.0, accumulate=False):
     """Backpropagate the MSE of mse_loss through the network.
 
     Inputs:
       X: (N, D) batch given to forward; acts: forward's outputs.
       diff: (N, D) Y - T as left by mse_loss.
-      grads_w, grads_b: arrays shaped like the weights and biases; filled
-        with scale * dLoss/dW and scale * dLoss/db.
+      grads_w, grads_b: arrays shaped like the weights and biases, which
+        receive scale * dLoss/dW and scale * dLoss/db, or have them added
+        if accumulate.  sgd_step passes the weights and biases themselves
+        with scale = -lr, so the update happens inside the products.
       deltas: arrays shaped like acts, overwritten with scale * dLoss/dZ.
-      scale: a factor for every gradient, such as the learning rate, which
-        costs nothing here and saves SGD a pass over the parameters.
     Returns:
       scale * dLoss/dX (N, D) if input_grad, else None.
     """
     N, D = diff.shape
     Y = acts[-1]
     delta = deltas[-1]
+    beta = 1.0 if accumulate else 0.0
 
     # dLoss/dZ at the output: 2 (Y - T) / (N D) times sigmoid' = Y (1 - Y).
     np.multiply(Y, Y, out=delta)
@@ -402,15 +421,21 @@ def backward(weights, X, acts, diff, grads_w, grads_b, deltas,
     delta *= diff
     delta *= scale * 2.0 / (N * D)
 
+    grad_x = np.empty_like(X) if input_grad else None
     for i in range(len(weights) - 1, -1, -1):
         A_prev = acts[i - 1] if i > 0 else X
-        np.matmul(A_prev.T, delta, out=grads_w[i])
-        np.sum(delta, axis=0, out=grads_b[i])
+        below = deltas[i - 1] if i > 0 else grad_x
+        if below is not None:  # uses weights[i] before any update
+            gemm(1.0, delta, weights[i].T, 0.0, below)
+        gemm(1.0, A_prev.T, delta, beta, grads_w[i])
+        if accumulate:
+            grads_b[i] += delta.sum(axis=0)
+        else:
+            np.sum(delta, axis=0, out=grads_b[i])
         if i > 0:
-            np.matmul(delta, weights[i].T, out=deltas[i - 1])
-            delta = deltas[i - 1]
+            delta = below
             delta *= A_prev > 0  # ReLU'; A_prev is the ReLU's output
-    return delta @ weights[0].T if input_grad else None
+    return grad_x
 
 
 class Workspace:
@@ -421,9 +446,6 @@ class Workspace:
         self.acts = allocate_activations(sizes, rows, dtype)
         self.deltas = allocate_activations(sizes, rows, dtype)
         self.diff = np.empty((rows, sizes[-1]), dtype)
-        self.grads_w = [np.empty((m, n), dtype)
-                        for m, n in zip(sizes[:-1], sizes[1:])]
-        self.grads_b = [np.empty(n, dtype) for n in sizes[1:]]
 
     def rows(self, n):
         """Return (batch, acts, deltas, diff) views of the first n rows."""
@@ -431,15 +453,12 @@ class Workspace:
                 [d[:n] for d in self.deltas], self.diff[:n])
 
 
-def sgd_step(weights, biases, X, lr, work, acts, deltas, diff):
+def sgd_step(weights, biases, X, lr, acts, deltas, diff):
     """Take one SGD step on batch X in place; return the batch's MSE."""
     forward(weights, biases, X, acts)
     loss = mse_loss(acts[-1], X, diff)
-    backward(weights, X, acts, diff, work.grads_w, work.grads_b, deltas,
-             scale=lr)
-    for W, b, dW, db in zip(weights, biases, work.grads_w, work.grads_b):
-        W -= dW
-        b -= db
+    backward(weights, X, acts, diff, weights, biases, deltas, scale=-lr,
+             accumulate=True)
     return loss
 
 
@@ -511,7 +530,7 @@ def train_epoch(weights, biases, X_train, batch_size, lr, rng, work, epoch):
             np.take(X_train, idx, axis=0, out=X)
 
             # Forward, backward and update.
-            loss = sgd_step(weights, biases, X, lr, work, acts, deltas, diff)
+            loss = sgd_step(weights, biases, X, lr, acts, deltas, diff)
             if not math.isfinite(loss):
                 raise TrainingDiverged(
                     f"the training loss became {loss} in epoch {epoch}, "
@@ -726,14 +745,19 @@ def load_checkpoint(path, dtype):
 # Command line
 
 
+def parse_number(kind, text):
+    """Return text as a kind, or raise argparse's error naming the text."""
+    try:
+        return kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"invalid {kind.__name__} value: {text!r}") from None
+
+
 def positive(kind):
     """Return an argparse type that accepts only finite values above 0."""
     def parse(text):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(
-                f"invalid {kind.__name__} value: {text!r}") from None
+        value = parse_number(kind, text)
         if not (math.isfinite(value) and value > 0):
             raise argparse.ArgumentTypeError(
                 f"must be a finite number greater than 0, got {text}")
@@ -744,11 +768,7 @@ def positive(kind):
 
 def seed(text):
     """Parse a seed that both NumPy and scikit-learn accept."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"invalid int value: {text!r}") from None
+    value = parse_number(int, text)
     if not 0 <= value <= MAX_SEED:
         raise argparse.ArgumentTypeError(
             f"must be from 0 to {MAX_SEED}, got {text}")

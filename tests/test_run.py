@@ -43,8 +43,9 @@ def check_outputs(out, epochs):
     assert 0 < metrics["pca_test_mse"] < 1
 
     log = (out / "training_log.txt").read_text().splitlines()
-    assert log[0].startswith("settings: ")
-    assert "1,132,944 parameters" in log[1]
+    assert log[0].startswith("read ")
+    assert log[1].startswith("settings: ")
+    assert "1,132,944 parameters" in log[2]
     assert sum(line.startswith("epoch ") for line in log) == epochs
     assert any(line.startswith("final: ") for line in log)
 

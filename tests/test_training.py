@@ -30,7 +30,7 @@ def test_sgd_step_lowers_loss_keeps_shapes(dtype):
     work = ae.Workspace(SIZES, len(X), dtype)
     before = batch_loss(weights, biases, X)
 
-    step_loss = ae.sgd_step(weights, biases, X, 0.5, work, *work.rows(16)[1:])
+    step_loss = ae.sgd_step(weights, biases, X, 0.5, *work.rows(16)[1:])
 
     assert step_loss == pytest.approx(before, rel=1e-6)
     assert batch_loss(weights, biases, X) < before
@@ -50,7 +50,7 @@ def test_sgd_step_is_gradient_step():
     expected_w = [W - 0.3 * g for W, g in zip(weights, grads_w)]
     expected_b = [b - 0.3 * g for b, g in zip(biases, grads_b)]
 
-    ae.sgd_step(weights, biases, X, 0.3, work, acts, deltas, diff)
+    ae.sgd_step(weights, biases, X, 0.3, acts, deltas, diff)
 
     for W, expected in zip(weights, expected_w):
         np.testing.assert_allclose(W, expected, rtol=1e-12, atol=1e-15)
