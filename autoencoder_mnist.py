@@ -96,8 +96,8 @@ def candidate_folders(data_dir, class_name):
 
     torchvision keeps them in DATA_DIR/MNIST/raw.  DATA_DIR itself, its
     MNIST or raw folder, and SUB/MNIST/raw one level down are accepted
-    too; other subfolders are not searched, as they may hold another
-    dataset's files under the same names.
+    too.  Other subfolders are not searched, because they may contain
+    another dataset's files under the same names.
     """
     root = Path(data_dir)
     folders = [root / class_name / "raw", root / "raw", root,
@@ -1000,8 +1000,8 @@ def write_results(weights, biases, data, history, rng, args, log):
 def publish(staging, out):
     """Move the staged files and the log into out, holding off Ctrl-C.
 
-    Each rename replaces one whole file, so out never holds a file cut
-    short, and with Ctrl-C held the set is replaced all together.
+    Each rename replaces one whole file, so out never contains a file cut
+    short, and with Ctrl-C held off the whole set is replaced.
     """
     old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     try:
