@@ -6,7 +6,7 @@ images, taking turns in one process, so that both see the same machine
 load.  A third contender runs only the 17 matrix products of each SGD step
 through NumPy: the floor that no NumPy version can beat.
 
-    python benchmark/speed.py --data-dir DIR   # DIR holds Fashion-MNIST
+    python benchmark/speed.py --data-dir DIR   # DIR contains Fashion-MNIST
 
 Prints seconds per epoch (the median of --repeats), the ratio to PyTorch,
 the floor, and the peak resident memory of the script's default run.
