@@ -223,12 +223,12 @@ def load_data(data_dir, dataset, splits):
     torchvision downloads, checks and unpacks them first.
     """
     class_name = DATASETS[dataset]
-    wanted = [stem for split in splits for stem in image_stems(split)]
-    folder, files = find_files(data_dir, class_name, wanted)
+    needed_stems = [stem for split in splits for stem in image_stems(split)]
+    folder, files = find_files(data_dir, class_name, needed_stems)
     if not files:
         download(data_dir, dataset)
-        folder, files = find_files(data_dir, class_name, wanted)
-    missing = [stem for stem in wanted if stem not in files]
+        folder, files = find_files(data_dir, class_name, needed_stems)
+    missing = [stem for stem in needed_stems if stem not in files]
     if missing:
         hint = ""
         if all(stem.startswith("train") for stem in missing):
@@ -678,9 +678,9 @@ def draw_figures(weights, biases, data, history, pca_mse, components,
                     f"{name}: {codes.shape[1]}-number codes of the test "
                     "images, PCA to 2-D", folder / "latent_space_pca.png")
 
-    shown = X_test[:10]
-    rebuilt = predict(weights, biases, shown)
-    plot_image_rows([shown, rebuilt], ["original", "reconstruction"],
+    originals = X_test[:10]
+    rebuilt = predict(weights, biases, originals)
+    plot_image_rows([originals, rebuilt], ["original", "reconstruction"],
                     f"{name}: test images and their reconstructions",
                     folder / "reconstructed_images.png")
 
