@@ -8,9 +8,9 @@ this reproduces is a final training MSE of 0.0040 after 100 epochs.
 
     python autoencoder_mnist.py            # downloads MNIST into data/
 
-Limitations: it runs on the CPU only, with plain SGD at a fixed learning
-rate.  No autograd library checks the hand-written gradients; the
-finite-difference tests in tests/ do.
+Training uses SGD with momentum and a learning rate that shrinks by a fixed
+factor each epoch.  It runs on the CPU only.  No autograd library checks
+the hand-written gradients; the finite-difference tests in tests/ do.
 """
 
 import argparse
@@ -35,6 +35,11 @@ LAYER_SIZES = [784, 512, 256, 128, 256, 512, 784]
 CODE_LAYER = LAYER_SIZES.index(min(LAYER_SIZES))  # index of the code's layer
 EVAL_ROWS = 1000  # images per chunk when evaluating, encoding and decoding
 MIN_TEST_IMAGES = 10  # the reconstruction figure shows ten
+
+# Training defaults, chosen on 60,000 Fashion-MNIST images (see the README).
+LR = 4.0  # learning rate of the first epoch
+LR_DECAY = 0.96  # factor per epoch: epoch 100 trains at about LR / 57
+MOMENTUM = 0.9
 
 DATASETS = {  # --dataset value: torchvision class name
     "mnist": "MNIST",
@@ -307,38 +312,80 @@ def read_dataset_in_child(data_dir, dataset, splits):
 
 # ---------------------------------------------------------------------------
 # Model
+#
+# Layer i is one (n_i + 1, n_{i+1}) array: its weights, with its bias as an
+# extra last row.  Every layer's input carries a last column of ones, so one
+# matrix product applies weights and bias together, and the product that
+# gives the weight gradient gives the bias gradient with it.
+#
+# Hidden layers' outputs are stored column by column (Fortran order), as
+# BLAS stores matrices.  The first n columns of such an array are one
+# contiguous block, so a layer's product can write its output straight into
+# the next layer's input, beside the column of ones.  The input batch and
+# the reconstruction stay row by row, like the images they are compared
+# with, because an elementwise operation between the two orders is slow.
 
 
 def init_params(sizes, rng, dtype):
-    """Return He-initialised weights (n_in, n_out) and zero biases (n_out,)."""
-    weights, biases = [], []
+    """Return one (n_in + 1, n_out) array per layer: He-initialised weights
+    above a bias row of zeros."""
+    layers = []
     for n_in, n_out in zip(sizes[:-1], sizes[1:]):
-        scale = np.sqrt(2.0 / n_in)
-        weights.append((rng.standard_normal((n_in, n_out)) * scale)
-                       .astype(dtype))
-        biases.append(np.zeros(n_out, dtype))
-    return weights, biases
+        layer = np.zeros((n_in + 1, n_out), dtype)
+        layer[:-1] = rng.standard_normal((n_in, n_out)) * np.sqrt(2.0 / n_in)
+        layers.append(layer)
+    return layers
 
 
 def allocate_activations(sizes, rows, dtype):
-    """Return one (rows, n_out) array per layer, for outputs or deltas."""
-    return [np.empty((rows, n), dtype) for n in sizes[1:]]
+    """Return one array per size n in sizes, for a batch of `rows` rows.
+
+    acts[0] (row-major) takes the input batch, and acts[i + 1] the output
+    of layer i: column-major for hidden layers, row-major for the last.
+    All but the last are (rows, n + 1), with a last column of ones.
+    """
+    acts = []
+    for i, n in enumerate(sizes):
+        if i == len(sizes) - 1:
+            acts.append(np.empty((rows, n), dtype))
+            continue
+        A = np.empty((rows, n + 1), dtype, order="C" if i == 0 else "F")
+        A[:, -1] = 1
+        acts.append(A)
+    return acts
+
+
+def without_ones(acts, i):
+    """Return the view of acts[i] without its column of ones."""
+    return acts[i] if i == len(acts) - 1 else acts[i][:, :-1]
+
+
+def allocate_masks(sizes, rows):
+    """Return one (rows, n) boolean array per hidden layer size n."""
+    return [np.empty((rows, n), bool, order="F") for n in sizes[1:-1]]
+
+
+def allocate_deltas(sizes, rows, dtype):
+    """Return one (rows, n) array per size n: row-major for the last."""
+    return [np.empty((rows, n), dtype, order="C" if i == len(sizes) - 1
+                     else "F") for i, n in enumerate(sizes)]
 
 
 def gemm(alpha, X, Y, beta, C):
     """Set C = alpha * X @ Y + beta * C in place, with one BLAS call.
 
-    C must be C-ordered; X and Y may be C-ordered or transposes of such.
-    BLAS stores matrices by columns, so it computes C.T = Y.T @ X.T.
-    Every product of training goes through here, not through np.matmul:
-    NumPy and SciPy bring separate OpenBLAS thread pools, and alternating
-    between them in one step made an epoch several times slower.
+    C must be Fortran-ordered; X and Y may be Fortran-ordered or transposes
+    of such.  Every product of training goes through here, not through
+    np.matmul: NumPy and SciPy bring separate OpenBLAS thread pools, and
+    alternating between them in one step made an epoch several times slower.
     """
+    if not C.flags.f_contiguous:
+        raise ValueError("gemm writes only into a Fortran-ordered array")
     product = blas.sgemm if C.dtype == np.float32 else blas.dgemm
-    a, trans_a = (Y.T, 0) if Y.flags.c_contiguous else (Y, 1)
-    b, trans_b = (X.T, 0) if X.flags.c_contiguous else (X, 1)
-    product(alpha, a, b, beta=beta, c=C.T, trans_a=trans_a,
-            trans_b=trans_b, overwrite_c=True)
+    a, trans_a = (X, 0) if X.flags.f_contiguous else (X.T, 1)
+    b, trans_b = (Y, 0) if Y.flags.f_contiguous else (Y.T, 1)
+    product(alpha, a, b, beta=beta, c=C, trans_a=trans_a, trans_b=trans_b,
+            overwrite_c=True)
 
 
 def sigmoid_(z):
@@ -355,29 +402,32 @@ def sigmoid_(z):
     np.reciprocal(z, out=z)
 
 
-def forward(weights, biases, X, acts, start=0):
-    """Run a batch through layers start..L-1, keeping every layer's output.
+def forward(layers, acts, masks, start=0):
+    """Run the batch in acts[start] through layers start..L-1 in place.
 
     Inputs:
-      X: (N, sizes[start]) input of layer `start`; the images for start=0.
-      acts: list of L arrays, acts[i] of shape (N, sizes[i + 1]); the
-        entries from `start` on are overwritten.
+      layers: init_params' arrays.
+      acts: allocate_activations' arrays for the network's sizes, with the
+        batch (N, n_start) in acts[start][:, :-1]; every later acts[i + 1]
+        receives the output of layer i.
+      masks: allocate_masks' arrays; masks[i] receives where layer i's
+        ReLU passes its input, for backward.
     Returns:
-      acts; acts[-1] is the reconstruction (N, D), each pixel in [0, 1].
+      the reconstruction (N, D), acts[-1], each pixel in [0, 1].
     ReLU follows every layer but the last, which ends in a sigmoid.
     """
-    last = len(weights) - 1
-    A = X
+    last = len(layers) - 1
     for i in range(start, last + 1):
-        Z = acts[i]
-        gemm(1.0, A, weights[i], 0.0, Z)
-        Z += biases[i]
+        Z = without_ones(acts, i + 1)
         if i < last:
-            np.maximum(Z, 0, out=Z)
+            gemm(1.0, acts[i], layers[i], 0.0, Z)
+            np.greater(Z, 0, out=masks[i])
+            np.multiply(Z, masks[i], out=Z)  # ReLU
         else:
+            # BLAS writes the row-major Z as its transpose, column-major.
+            gemm(1.0, layers[i].T, acts[i].T, 0.0, Z.T)
             sigmoid_(Z)
-        A = Z
-    return acts
+    return acts[-1]
 
 
 def mse_loss(Y, T, diff):
@@ -385,35 +435,37 @@ def mse_loss(Y, T, diff):
 
     Inputs:
       Y: (N, D) reconstructions; T: (N, D) targets.
-      diff: (N, D) array that receives Y - T, for the backward pass.
+      diff: (N, D) row-major array that receives Y - T, for the backward
+        pass.
     Returns:
       the mean over all N * D pixels, as a Python float.
     """
     np.subtract(Y, T, out=diff)
-    flat = diff.reshape(-1)
+    flat = diff.reshape(-1)  # a view, so no copy
     dot = blas.sdot if flat.dtype == np.float32 else blas.ddot
     return float(dot(flat, flat)) / diff.size
 
 
-def backward(weights, X, acts, diff, grads_w, grads_b, deltas,
-             input_grad=False, scale=1.0, accumulate=False):
+def backward(layers, acts, masks, diff, grads, deltas, scale=1.0, beta=0.0,
+             input_grad=False):
     """Backpropagate the MSE of mse_loss through the network.
 
     Inputs:
-      X: (N, D) batch given to forward; acts: forward's outputs.
+      layers, acts, masks: as given to and left by forward.
       diff: (N, D) Y - T as left by mse_loss.
-      grads_w, grads_b: arrays shaped like the weights and biases, which
-        receive scale * dLoss/dW and scale * dLoss/db, or have them added
-        if accumulate.  sgd_step passes the weights and biases themselves
-        with scale = -lr, so the update happens inside the products.
-      deltas: arrays shaped like acts, overwritten with scale * dLoss/dZ.
+      grads: arrays shaped like layers; each becomes
+        scale * dLoss/dLayer + beta * itself.  sgd_step passes the layers
+        themselves or their velocities, so the update happens inside the
+        products.
+      deltas: allocate_deltas' arrays; deltas[i + 1] is overwritten with
+        scale * dLoss/dZ of layer i, and deltas[0] with scale * dLoss/dX
+        if input_grad.
     Returns:
-      scale * dLoss/dX (N, D) if input_grad, else None.
+      deltas[0] if input_grad, else None.
     """
     N, D = diff.shape
     Y = acts[-1]
     delta = deltas[-1]
-    beta = 1.0 if accumulate else 0.0
 
     # dLoss/dZ at the output: 2 (Y - T) / (N D) times sigmoid' = Y (1 - Y).
     np.multiply(Y, Y, out=delta)
@@ -421,76 +473,91 @@ def backward(weights, X, acts, diff, grads_w, grads_b, deltas,
     delta *= diff
     delta *= scale * 2.0 / (N * D)
 
-    grad_x = np.empty_like(X) if input_grad else None
-    for i in range(len(weights) - 1, -1, -1):
-        A_prev = acts[i - 1] if i > 0 else X
-        below = deltas[i - 1] if i > 0 else grad_x
-        if below is not None:  # uses weights[i] before any update
-            gemm(1.0, delta, weights[i].T, 0.0, below)
-        gemm(1.0, A_prev.T, delta, beta, grads_w[i])
-        if accumulate:
-            grads_b[i] += delta.sum(axis=0)
-        else:
-            np.sum(delta, axis=0, out=grads_b[i])
+    for i in range(len(layers) - 1, -1, -1):
+        below = deltas[i]
+        if i > 0 or input_grad:  # uses layers[i] before any update
+            gemm(1.0, delta, layers[i][:-1].T, 0.0, below)
+        gemm(1.0, delta.T, acts[i], beta, grads[i].T)
         if i > 0:
-            delta = below
-            delta *= A_prev > 0  # ReLU'; A_prev is the ReLU's output
-    return grad_x
+            np.multiply(below, masks[i - 1], out=below)  # ReLU'
+        delta = below
+    return deltas[0] if input_grad else None
 
 
 class Workspace:
-    """Arrays reused by every batch, so that a training step allocates none."""
+    """Arrays for batches of one size, reused so that a step allocates none."""
 
     def __init__(self, sizes, rows, dtype):
-        self.batch = np.empty((rows, sizes[0]), dtype)
         self.acts = allocate_activations(sizes, rows, dtype)
-        self.deltas = allocate_activations(sizes, rows, dtype)
+        self.masks = allocate_masks(sizes, rows)
+        self.deltas = allocate_deltas(sizes, rows, dtype)
         self.diff = np.empty((rows, sizes[-1]), dtype)
-
-    def rows(self, n):
-        """Return (batch, acts, deltas, diff) views of the first n rows."""
-        return (self.batch[:n], [a[:n] for a in self.acts],
-                [d[:n] for d in self.deltas], self.diff[:n])
+        self.batch = self.acts[0][:, :-1]  # where the input batch goes
 
 
-def sgd_step(weights, biases, X, lr, acts, deltas, diff):
-    """Take one SGD step on batch X in place; return the batch's MSE."""
-    forward(weights, biases, X, acts)
-    loss = mse_loss(acts[-1], X, diff)
-    backward(weights, X, acts, diff, weights, biases, deltas, scale=-lr,
-             accumulate=True)
+def sgd_step(layers, velocity, work, lr, momentum):
+    """Take one SGD step on the batch in work.batch; return the batch's MSE.
+
+    Each velocity V becomes momentum * V - lr * gradient and each layer
+    moves by its V.  With momentum 0 the gradient goes straight into the
+    layers, and velocity is not used.
+    """
+    Y = forward(layers, work.acts, work.masks)
+    loss = mse_loss(Y, work.batch, work.diff)
+    if momentum:
+        backward(layers, work.acts, work.masks, work.diff, velocity,
+                 work.deltas, scale=-lr, beta=momentum)
+        axpy = blas.saxpy if Y.dtype == np.float32 else blas.daxpy
+        for layer, V in zip(layers, velocity):
+            axpy(V.reshape(-1), layer.reshape(-1))  # layer += V, in place
+    else:
+        backward(layers, work.acts, work.masks, work.diff, layers,
+                 work.deltas, scale=-lr, beta=1.0)
     return loss
 
 
-def layer_sizes(weights):
-    """Return the layer sizes that the weights imply."""
-    return [weights[0].shape[0]] + [W.shape[1] for W in weights]
+def layer_sizes(layers):
+    """Return the layer sizes that the layers' arrays imply."""
+    return [layers[0].shape[0] - 1] + [P.shape[1] for P in layers]
 
 
-def predict(weights, biases, X, layer=-1, start=0, rows=EVAL_ROWS):
-    """Return layer `layer`'s output for all of X, computed in chunks."""
-    acts = allocate_activations(layer_sizes(weights), min(rows, len(X)),
-                                X.dtype)
-    out = np.empty((len(X), acts[layer].shape[1]), X.dtype)
+def chunks(layers, X, start, rows):
+    """Yield (lo, acts, masks) for X in chunks of `rows` rows.
+
+    Each chunk is copied into acts[start] as the input of layer start.
+    """
+    sizes = layer_sizes(layers)
+    buffers = {}  # by chunk length; only the last chunk can be shorter
     for lo in range(0, len(X), rows):
         chunk = X[lo:lo + rows]
         n = len(chunk)
-        forward(weights, biases, chunk, [a[:n] for a in acts], start)
-        out[lo:lo + n] = acts[layer][:n]
+        if n not in buffers:
+            buffers[n] = (allocate_activations(sizes, n, X.dtype),
+                          allocate_masks(sizes, n))
+        acts, masks = buffers[n]
+        acts[start][:, :-1] = chunk
+        yield lo, acts, masks
+
+
+def predict(layers, X, layer=-1, start=0, rows=EVAL_ROWS):
+    """Return the output of layer `layer` for all of X, computed in chunks.
+
+    X is the input of layer `start`: images for 0, codes for CODE_LAYER.
+    """
+    i = layer % len(layers)
+    out = np.empty((len(X), layers[i].shape[1]), X.dtype)
+    for lo, acts, masks in chunks(layers, X, start, rows):
+        forward(layers, acts, masks, start)
+        out[lo:lo + len(acts[0])] = without_ones(acts, i + 1)
     return out
 
 
-def evaluate(weights, biases, X, rows=EVAL_ROWS):
+def evaluate(layers, X, rows=EVAL_ROWS):
     """Return the per-pixel MSE of reconstructing X, computed in chunks."""
-    acts = allocate_activations(layer_sizes(weights), min(rows, len(X)),
-                                X.dtype)
-    diff = np.empty_like(acts[-1])
     total = 0.0
-    for lo in range(0, len(X), rows):
-        chunk = X[lo:lo + rows]
-        n = len(chunk)
-        forward(weights, biases, chunk, [a[:n] for a in acts])
-        total += mse_loss(acts[-1][:n], chunk, diff[:n]) * chunk.size
+    for _, acts, masks in chunks(layers, X, 0, rows):
+        Y = forward(layers, acts, masks)
+        total += mse_loss(Y, acts[0][:, :-1], diff=Y) * Y.size  # in place
     return total / X.size
 
 
@@ -511,51 +578,70 @@ def pca_test_mse(X_train, X_test, n_components, seed):
 # Training
 
 
-def train_epoch(weights, biases, X_train, batch_size, lr, rng, work, epoch):
+def learning_rate(args, epoch, step, steps):
+    """Return the learning rate of step `step` of `steps` in epoch `epoch`.
+
+    Epoch e (from 1) trains at lr * lr_decay**(e - 1).  The first epoch
+    starts lower and rises linearly to lr, which keeps larger rates
+    usable: at lr 12, full steps from the random initial weights made the
+    loss jump up and down for the first epochs.  No rate depends on
+    --epochs, so a run resumed for more epochs continues the same
+    schedule.
+    """
+    rate = args.lr * args.lr_decay ** (epoch - 1)
+    if epoch == 1:
+        rate *= (step + 1) / steps
+    return rate
+
+
+def train_epoch(layers, velocity, X_train, args, rng, works, epoch):
     """Take one epoch of SGD steps in place; return the mean batch MSE.
 
-    The mean weights each batch's MSE by its size, so it is the MSE over
-    every pixel the epoch saw.  Raises TrainingDiverged on a loss that is
-    not finite.
+    works maps a batch size to its Workspace.  The mean weights each
+    batch's MSE by its size, so it is the MSE over every pixel the epoch
+    saw.  Raises TrainingDiverged on a loss that is not finite.
     """
     n_train = len(X_train)
+    batch_size = min(args.batch_size, n_train)
+    steps = math.ceil(n_train / batch_size)
     order = rng.permutation(n_train)
     loss_sum = 0.0
     with np.errstate(over="ignore", invalid="ignore"):
-        for batch_index, lo in enumerate(range(0, n_train, batch_size)):
+        for step, lo in enumerate(range(0, n_train, batch_size)):
             idx = order[lo:lo + batch_size]
-            X, acts, deltas, diff = work.rows(len(idx))
+            work = works[len(idx)]
 
             # Gather the shuffled batch into the reused buffer.
-            np.take(X_train, idx, axis=0, out=X)
+            np.take(X_train, idx, axis=0, out=work.batch)
 
-            # Forward, backward and update.
-            loss = sgd_step(weights, biases, X, lr, acts, deltas, diff)
+            lr = learning_rate(args, epoch, step, steps)
+            loss = sgd_step(layers, velocity, work, lr, args.momentum)
             if not math.isfinite(loss):
                 raise TrainingDiverged(
                     f"the training loss became {loss} in epoch {epoch}, "
-                    f"batch {batch_index + 1}; try a smaller learning rate "
-                    f"than --lr {lr:g}, such as --lr {lr / 10:g}."
+                    f"batch {step + 1}; try a smaller learning rate "
+                    f"than --lr {args.lr:g}, such as --lr {args.lr / 10:g}."
                 )
             loss_sum += loss * len(idx)
     return loss_sum / n_train
 
 
-def train(weights, biases, X_train, X_test, args, rng, history, log):
+def train(layers, velocity, X_train, X_test, args, rng, history, log):
     """Train in place until len(history) == args.epochs; return history.
 
     Each epoch reshuffles the training images with rng, takes SGD steps
     of args.batch_size images, then evaluates the whole test split.
     """
     batch_size = min(args.batch_size, len(X_train))
-    work = Workspace(LAYER_SIZES, batch_size, X_train.dtype)
+    sizes = {batch_size, len(X_train) % batch_size or batch_size}
+    works = {n: Workspace(LAYER_SIZES, n, X_train.dtype) for n in sizes}
     for epoch in range(len(history) + 1, args.epochs + 1):
         start = time.perf_counter()
-        train_mse = train_epoch(weights, biases, X_train, batch_size,
-                                args.lr, rng, work, epoch)
+        train_mse = train_epoch(layers, velocity, X_train, args, rng, works,
+                                epoch)
         seconds = time.perf_counter() - start
         record = {"epoch": epoch, "train_mse": train_mse,
-                  "test_mse": evaluate(weights, biases, X_test),
+                  "test_mse": evaluate(layers, X_test),
                   "train_seconds": seconds}
         history.append(record)
         log(format_epoch(record, args.epochs))
@@ -644,8 +730,7 @@ def plot_image_rows(rows, row_labels, title, path):
     fig.savefig(path, dpi=100)
 
 
-def interpolation_rows(weights, biases, codes, labels, classes, steps=10,
-                       pairs=4):
+def interpolation_rows(layers, codes, labels, classes, steps=10, pairs=4):
     """Decode evenly spaced codes between pairs of test images.
 
     Returns (rows, row_labels): pair k joins the first test image of class
@@ -660,32 +745,30 @@ def interpolation_rows(weights, biases, codes, labels, classes, steps=10,
         if a == b:
             b = (a + 1) % len(codes)
         line = (1 - t) * codes[a] + t * codes[b]  # (steps, K)
-        rows.append(predict(weights, biases, line, start=CODE_LAYER))
+        rows.append(predict(layers, line, start=CODE_LAYER))
         row_labels.append(f"{classes[labels[a]]}\nto {classes[labels[b]]}")
     return rows, row_labels
 
 
-def draw_figures(weights, biases, data, history, pca_mse, components,
-                 folder):
+def draw_figures(layers, data, history, pca_mse, components, folder):
     """Write every figure of a run into folder."""
     X_test, y_test, classes = data["X_test"], data["y_test"], data["classes"]
     name = data["title"]
     plot_loss_curve(history, pca_mse, components,
                     f"{name}: reconstruction error", folder / "loss_curve.png")
 
-    codes = predict(weights, biases, X_test, layer=CODE_LAYER - 1)
+    codes = predict(layers, X_test, layer=CODE_LAYER - 1)
     plot_latent_pca(codes, y_test, classes,
                     f"{name}: {codes.shape[1]}-number codes of the test "
                     "images, PCA to 2-D", folder / "latent_space_pca.png")
 
     originals = X_test[:10]
-    rebuilt = predict(weights, biases, originals)
+    rebuilt = predict(layers, originals)
     plot_image_rows([originals, rebuilt], ["original", "reconstruction"],
                     f"{name}: test images and their reconstructions",
                     folder / "reconstructed_images.png")
 
-    rows, row_labels = interpolation_rows(weights, biases, codes, y_test,
-                                          classes)
+    rows, row_labels = interpolation_rows(layers, codes, y_test, classes)
     plot_image_rows(rows, row_labels,
                     f"{name}: decoded points on the line between two codes",
                     folder / "latent_interpolation.png")
@@ -695,10 +778,14 @@ def draw_figures(weights, biases, data, history, pca_mse, components,
 # Saving and resuming
 
 
-def save_checkpoint(path, weights, biases, history, rng, config):
-    """Write weights, biases, history, config and the generator's state."""
-    arrays = {f"W{i}": W for i, W in enumerate(weights)}
-    arrays.update({f"b{i}": b for i, b in enumerate(biases)})
+def save_checkpoint(path, layers, velocity, history, rng, config):
+    """Write the parameters, velocities, history, config and generator state.
+
+    Layer i is saved as its weights W{i}, bias b{i} and velocity V{i}.
+    """
+    arrays = {}
+    for i, (layer, V) in enumerate(zip(layers, velocity)):
+        arrays.update({f"W{i}": layer[:-1], f"b{i}": layer[-1], f"V{i}": V})
     arrays["epoch"] = np.array(len(history))
     arrays["history"] = np.array(json.dumps(history))
     arrays["rng_state"] = np.array(json.dumps(rng.bit_generator.state))
@@ -708,17 +795,17 @@ def save_checkpoint(path, weights, biases, history, rng, config):
 
 
 def load_checkpoint(path, dtype):
-    """Return weights, biases, history, rng and config saved by a run."""
+    """Return layers, velocities, history, rng and config saved by a run."""
     not_checkpoint = (f"cannot resume from {path}: it is not an "
                       "autoencoder.npz written by this script")
+    n = len(LAYER_SIZES) - 1
     try:
         saved = np.load(path, allow_pickle=False)
         if not isinstance(saved, np.lib.npyio.NpzFile):
             raise InputError(f"{not_checkpoint} (a single array).")
         with saved:
-            n = len(LAYER_SIZES) - 1
-            weights = [saved[f"W{i}"].astype(dtype) for i in range(n)]
-            biases = [saved[f"b{i}"].astype(dtype) for i in range(n)]
+            arrays = [[saved[f"{kind}{i}"] for i in range(n)]
+                      for kind in "WbV"]
             history = json.loads(str(saved["history"]))
             rng = np.random.default_rng()
             rng.bit_generator.state = json.loads(str(saved["rng_state"]))
@@ -727,18 +814,22 @@ def load_checkpoint(path, dtype):
             zipfile.BadZipFile, zlib.error) as error:
         raise InputError(f"{not_checkpoint} ({type(error).__name__}).") \
             from None
-    shapes = [W.shape for W in weights] + [b.shape for b in biases]
-    expected = (list(zip(LAYER_SIZES[:-1], LAYER_SIZES[1:]))
-                + [(n,) for n in LAYER_SIZES[1:]])
+    shapes = [[a.shape for a in kind] for kind in arrays]
+    pairs = list(zip(LAYER_SIZES[:-1], LAYER_SIZES[1:]))
+    expected = [pairs, [(n_out,) for _, n_out in pairs],
+                [(n_in + 1, n_out) for n_in, n_out in pairs]]
     if shapes != expected:
         raise InputError(
-            f"cannot resume from {path}: its parameters have shapes "
-            f"{shapes}, this script's have {expected}."
+            f"cannot resume from {path}: its weights, biases and "
+            f"velocities have shapes {shapes}, this script's have "
+            f"{expected}."
         )
     keys = {"epoch", "train_mse", "test_mse", "train_seconds"}
     if not all(isinstance(r, dict) and keys <= r.keys() for r in history):
         raise InputError(f"{not_checkpoint} (its history is damaged).")
-    return weights, biases, history, rng, config
+    layers = [np.vstack([W, b]).astype(dtype) for W, b in zip(*arrays[:2])]
+    velocity = [V.astype(dtype) for V in arrays[2]]
+    return layers, velocity, history, rng, config
 
 
 # ---------------------------------------------------------------------------
@@ -775,6 +866,24 @@ def seed(text):
     return value
 
 
+def momentum(text):
+    """Parse a momentum: a number from 0 up to, but not including, 1."""
+    value = parse_number(float, text)
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(
+            f"must be at least 0 and below 1, got {text}")
+    return value
+
+
+def decay(text):
+    """Parse a factor per epoch: a number above 0 and at most 1."""
+    value = parse_number(float, text)
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(
+            f"must be above 0 and at most 1, got {text}")
+    return value
+
+
 def path_flag(text):
     """Parse a non-empty path, expanding a leading ~ as a shell would."""
     if not text.strip():
@@ -801,8 +910,13 @@ def parse_args(argv=None):
                         help="total epochs, counting those of --resume")
     parser.add_argument("--batch-size", type=positive(int), default=64,
                         help="images per SGD step")
-    parser.add_argument("--lr", type=positive(float), default=5.0,
-                        help="SGD learning rate")
+    parser.add_argument("--lr", type=positive(float), default=LR,
+                        help="learning rate of the first epoch")
+    parser.add_argument("--lr-decay", type=decay, default=LR_DECAY,
+                        help="factor applied to the learning rate after "
+                             "each epoch")
+    parser.add_argument("--momentum", type=momentum, default=MOMENTUM,
+                        help="SGD momentum; 0 for plain SGD")
     parser.add_argument("--seed", type=seed, default=0,
                         help="seed of the generator for weights and shuffles")
     parser.add_argument("--dataset", choices=sorted(DATASETS),
@@ -938,14 +1052,14 @@ def config_of(args):
 
 
 def initial_state(args, log):
-    """Return weights, biases, history and generator, new or resumed."""
+    """Return layers, velocities, history and generator, new or resumed."""
     if args.resume is None:
         rng = np.random.default_rng(args.seed)
-        weights, biases = init_params(LAYER_SIZES, rng, args.dtype)
-        return weights, biases, [], rng
+        layers = init_params(LAYER_SIZES, rng, args.dtype)
+        return layers, [np.zeros_like(P) for P in layers], [], rng
 
-    weights, biases, history, rng, saved = load_checkpoint(args.resume,
-                                                           args.dtype)
+    layers, velocity, history, rng, saved = load_checkpoint(args.resume,
+                                                            args.dtype)
     if len(history) > args.epochs:
         raise InputError(
             f"{args.resume} has trained {len(history)} epochs, more than "
@@ -963,10 +1077,10 @@ def initial_state(args, log):
     if changed:
         log("note: flags differ from the run being resumed, so the result "
             "will differ from one uninterrupted run: " + ", ".join(changed))
-    return weights, biases, history, rng
+    return layers, velocity, history, rng
 
 
-def write_results(weights, biases, data, history, rng, args, log):
+def write_results(layers, velocity, data, history, rng, args, log):
     """Evaluate, draw and save everything, then move it all into --out."""
     out = Path(args.out)
     # A PCA cannot have more components than training images.
@@ -982,15 +1096,14 @@ def write_results(weights, biases, data, history, rng, args, log):
         log(f"final: train MSE {final['train_mse']:.6f}, test MSE "
             f"{final['test_mse']:.6f} after {epochs}, "
             f"{sum(r['train_seconds'] for r in history):.1f} s of training")
-        draw_figures(weights, biases, data, history, pca_mse, components,
-                     staging)
+        draw_figures(layers, data, history, pca_mse, components, staging)
         metrics = {"config": config_of(args), "epochs": history,
                    "final_train_mse": final["train_mse"],
                    "final_test_mse": final["test_mse"],
                    "pca_test_mse": pca_mse}
         (staging / "metrics.json").write_text(
             json.dumps(metrics, indent=2) + "\n")
-        save_checkpoint(staging / "autoencoder.npz", weights, biases,
+        save_checkpoint(staging / "autoencoder.npz", layers, velocity,
                         history, rng, config_of(args))
         log(f"wrote {', '.join(OUTPUT_FILES)} to {out}")
         log.close()
@@ -1023,7 +1136,7 @@ def run(args):
         early_lines.append(line)
 
     data = prepare_data(args, early_log)
-    weights, biases, history, rng = initial_state(args, early_log)
+    layers, velocity, history, rng = initial_state(args, early_log)
 
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -1031,7 +1144,7 @@ def run(args):
     except OSError as error:
         raise InputError(f"cannot write into --out {out}: {error}; choose "
                          "a folder you can write to") from None
-    n_params = sum(W.size + b.size for W, b in zip(weights, biases))
+    n_params = sum(P.size for P in layers)
     for line in settings_lines(args, n_params, len(data["X_train"]),
                                len(data["X_test"])):
         log(line)
@@ -1041,9 +1154,9 @@ def run(args):
             log(format_epoch(record, args.epochs))
 
     try:
-        train(weights, biases, data["X_train"], data["X_test"], args, rng,
+        train(layers, velocity, data["X_train"], data["X_test"], args, rng,
               history, log)
-        write_results(weights, biases, data, history, rng, args, log)
+        write_results(layers, velocity, data, history, rng, args, log)
     except TrainingDiverged as error:
         log(f"error: {error}", sys.stderr)
         log(f"Training stopped; no figures were drawn. The results of "

@@ -1,10 +1,11 @@
 """Time training epochs of the NumPy autoencoder against PyTorch's.
 
 Both sides train the same 784-512-256-128-256-512-784 network (ReLU inside,
-sigmoid output, per-pixel MSE, plain SGD) in float32 on the same 60,000
-images, taking turns in one process, so that both see the same machine
-load.  A third contender runs only the 17 matrix products of each SGD step
-through NumPy: the floor that no NumPy version can beat.
+sigmoid output, per-pixel MSE) in float32 on the same 60,000 images, with
+SGD at the script's momentum and again as plain SGD.  They take turns in one
+process, so that both see the same machine load.  A third contender runs
+only the 17 matrix products of each SGD step through NumPy: the floor that
+no NumPy version can beat.
 
     python benchmark/speed.py --data-dir DIR   # DIR contains Fashion-MNIST
 
@@ -41,11 +42,12 @@ def flops_per_image(sizes):
     return 2 * macs
 
 
-def numpy_epoch(state, X, batch_size, lr):
+def numpy_epoch(state, X, args):
     """Train the project's network for one epoch; return the seconds."""
-    weights, biases, rng, work = state
+    layers, velocity, rng, works = state
     start = time.perf_counter()
-    ae.train_epoch(weights, biases, X, batch_size, lr, rng, work, epoch=1)
+    # Epoch 2 has no warm-up, so every step runs at the same rate.
+    ae.train_epoch(layers, velocity, X, args, rng, works, epoch=2)
     return time.perf_counter() - start
 
 
@@ -88,7 +90,7 @@ def torch_epoch(state, X, batch_size):
     return seconds
 
 
-def torch_state(sizes, lr, seed):
+def torch_state(sizes, lr, momentum, seed):
     """Return the PyTorch reference network, its SGD and a generator."""
     import torch
 
@@ -99,38 +101,44 @@ def torch_state(sizes, lr, seed):
         last = i == len(sizes) - 2
         layers.append(torch.nn.Sigmoid() if last else torch.nn.ReLU())
     model = torch.nn.Sequential(*layers)
-    optimizer = torch.optim.SGD(model.parameters(), lr=lr)
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
     return model, optimizer, torch.Generator().manual_seed(seed)
 
 
 def floor_state(sizes, batch_size, seed):
     """Return random weights and buffers for the matrix products alone."""
     rng = np.random.default_rng(seed)
-    weights, _ = ae.init_params(sizes, rng, np.float32)
+    weights = [P[:-1] for P in ae.init_params(sizes, rng, np.float32)]
     acts = [rng.random((batch_size, n), np.float32) for n in sizes]
     deltas = [rng.random((batch_size, n), np.float32) * 1e-3 for n in sizes]
     grads = [np.empty_like(W) for W in weights]
     return weights, acts, deltas, grads
 
 
-def time_batch_size(X, batch_size, lr, repeats, seed):
-    """Return median seconds per epoch for numpy, torch and the floor."""
+def time_batch_size(X, args, repeats, seed):
+    """Return median seconds per epoch for numpy, torch and the floor.
+
+    args contains the script's settings: batch size, learning rate, momentum.
+    """
     import torch
 
     sizes = ae.LAYER_SIZES
     rng = np.random.default_rng(seed)
-    weights, biases = ae.init_params(sizes, rng, np.float32)
-    work = ae.Workspace(sizes, batch_size, np.float32)
-    numpy_state = (weights, biases, rng, work)
-    reference = torch_state(sizes, lr, seed)
-    floor = floor_state(sizes, batch_size, seed)
+    layers = ae.init_params(sizes, rng, np.float32)
+    velocity = [np.zeros_like(P) for P in layers]
+    rows = {args.batch_size, len(X) % args.batch_size or args.batch_size}
+    works = {n: ae.Workspace(sizes, n, np.float32) for n in rows}
+    numpy_state = (layers, velocity, rng, works)
+    reference = torch_state(sizes, args.lr, args.momentum, seed)
+    floor = floor_state(sizes, args.batch_size, seed)
     X_torch = torch.from_numpy(X)
 
     times = {"numpy": [], "torch": [], "floor": []}
     for _ in range(repeats):
-        times["numpy"].append(numpy_epoch(numpy_state, X, batch_size, lr))
-        times["torch"].append(torch_epoch(reference, X_torch, batch_size))
-        times["floor"].append(floor_epoch(floor, len(X), batch_size))
+        times["numpy"].append(numpy_epoch(numpy_state, X, args))
+        times["torch"].append(torch_epoch(reference, X_torch,
+                                          args.batch_size))
+        times["floor"].append(floor_epoch(floor, len(X), args.batch_size))
     return {name: statistics.median(values) for name, values in times.items()}
 
 
@@ -179,6 +187,9 @@ def main():
                         help="folder holding Fashion-MNIST's four files")
     parser.add_argument("--batch-sizes", type=int, nargs="+",
                         default=[64, 256])
+    parser.add_argument("--momentums", type=float, nargs="+",
+                        default=[ae.MOMENTUM, 0.0],
+                        help="SGD momentum of both sides; 0 is plain SGD")
     parser.add_argument("--repeats", type=int, default=3,
                         help="epochs timed per contender; the median counts")
     parser.add_argument("--memory-epochs", type=int, default=1,
@@ -199,10 +210,10 @@ def main():
     data, _ = ae.load_data(args.data_dir, "fashion-mnist", ["train"])
     X_uint8 = data["train"][0]
     X = ae.to_unit_floats(X_uint8, np.float32)
-    lr = ae.parse_args([]).lr
+    defaults = ae.parse_args([])
     blas = [f"{i['internal_api']} {i['version']} ({i['num_threads']} "
             f"threads)" for i in threadpool_info() if i["user_api"] == "blas"]
-    print(f"{len(X):,} Fashion-MNIST images, float32, lr {lr:g}; "
+    print(f"{len(X):,} Fashion-MNIST images, float32, lr {defaults.lr:g}; "
           f"{os.cpu_count()} CPUs; torch {torch.__version__} "
           f"({torch.get_num_threads()} threads); numpy {np.__version__} "
           f"with {', '.join(blas)}")
@@ -210,17 +221,21 @@ def main():
     print(f"matrix products per epoch: {gflop:.1f} GFLOP; median of "
           f"{args.repeats} epochs each\n")
 
-    header = (f"{'batch':>5}  {'numpy s':>8}  {'torch s':>8}  "
-              f"{'numpy/torch':>11}  {'floor s':>8}  {'numpy/floor':>11}  "
-              f"{'numpy GFLOP/s':>13}  {'torch GFLOP/s':>13}")
+    header = (f"{'momentum':>8}  {'batch':>5}  {'numpy s':>8}  "
+              f"{'torch s':>8}  {'numpy/torch':>11}  {'floor s':>8}  "
+              f"{'numpy/floor':>11}  {'numpy GFLOP/s':>13}  "
+              f"{'torch GFLOP/s':>13}")
     print(header)
-    for batch_size in args.batch_sizes:
-        t = time_batch_size(X, batch_size, lr, args.repeats, args.seed)
-        print(f"{batch_size:>5}  {t['numpy']:8.2f}  {t['torch']:8.2f}  "
-              f"{t['numpy'] / t['torch']:11.2f}  {t['floor']:8.2f}  "
-              f"{t['numpy'] / t['floor']:11.2f}  "
-              f"{gflop / t['numpy']:13.1f}  {gflop / t['torch']:13.1f}",
-              flush=True)
+    for momentum in args.momentums:
+        for batch_size in args.batch_sizes:
+            settings = argparse.Namespace(**vars(defaults))
+            settings.batch_size, settings.momentum = batch_size, momentum
+            t = time_batch_size(X, settings, args.repeats, args.seed)
+            print(f"{momentum:>8g}  {batch_size:>5}  {t['numpy']:8.2f}  "
+                  f"{t['torch']:8.2f}  {t['numpy'] / t['torch']:11.2f}  "
+                  f"{t['floor']:8.2f}  {t['numpy'] / t['floor']:11.2f}  "
+                  f"{gflop / t['numpy']:13.1f}  {gflop / t['torch']:13.1f}",
+                  flush=True)
 
     if peak is not None:
         print(f"\npeak resident memory of autoencoder_mnist.py and its "

@@ -84,7 +84,9 @@ def test_unambiguous_layout_loads(tmp_path):
     ("--lr", "inf"), ("--lr", "fast"), ("--limit", "0"), ("--limit", "-5"),
     ("--split-test-set", "0"), ("--dtype", "float16"),
     ("--dataset", "cifar10"), ("--seed", "-1"), ("--seed", "4294967296"),
-    ("--seed", "x"), ("--data-dir", ""), ("--resume", " ")])
+    ("--seed", "x"), ("--data-dir", ""), ("--resume", " "),
+    ("--momentum", "1"), ("--momentum", "-0.1"), ("--momentum", "nan"),
+    ("--lr-decay", "0"), ("--lr-decay", "1.5"), ("--lr-decay", "nan")])
 def test_bad_flag_rejected_before_loading(tmp_path, flag, value):
     out = tmp_path / "out"
     result = run_script("--data-dir", tmp_path / "nothing", "--out", out,

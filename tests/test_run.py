@@ -30,7 +30,8 @@ def check_outputs(out, epochs):
     assert not list(out.glob(".staging-*"))
 
     metrics = json.loads((out / "metrics.json").read_text())
-    assert set(metrics["config"]) >= {"epochs", "batch_size", "lr", "seed",
+    assert set(metrics["config"]) >= {"epochs", "batch_size", "lr",
+                                      "lr_decay", "momentum", "seed",
                                       "data_dir", "out", "limit", "dtype",
                                       "dataset", "resume"}
     assert [r["epoch"] for r in metrics["epochs"]] == list(
@@ -54,6 +55,7 @@ def check_outputs(out, epochs):
                                               ae.LAYER_SIZES[1:])):
             assert saved[f"W{i}"].shape == (n_in, n_out)
             assert saved[f"b{i}"].shape == (n_out,)
+            assert saved[f"V{i}"].shape == (n_in + 1, n_out)
         assert int(saved["epoch"]) == epochs
     return metrics
 

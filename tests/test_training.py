@@ -1,5 +1,6 @@
 """SGD steps, evaluation in chunks and the output nonlinearity."""
 
+import argparse
 import tracemalloc
 
 import numpy as np
@@ -11,51 +12,87 @@ SIZES = [20, 12, 8, 4, 8, 12, 20]
 
 
 def small_network(dtype, seed=0):
+    """Return a small network's layers and a batch for it, in a Workspace."""
     rng = np.random.default_rng(seed)
-    weights, biases = ae.init_params(SIZES, rng, dtype)
-    X = rng.uniform(0, 1, (16, SIZES[0])).astype(dtype)
-    return weights, biases, X
+    layers = ae.init_params(SIZES, rng, dtype)
+    work = ae.Workspace(SIZES, 16, dtype)
+    work.batch[...] = rng.uniform(0, 1, work.batch.shape)
+    return layers, work
 
 
-def batch_loss(weights, biases, X):
-    acts = ae.allocate_activations(SIZES, len(X), X.dtype)
-    ae.forward(weights, biases, X, acts)
-    return ae.mse_loss(acts[-1], X, np.empty_like(X))
+def batch_loss(layers, X):
+    """Return the MSE of reconstructing X, from a separate forward pass."""
+    sizes = ae.layer_sizes(layers)
+    acts = ae.allocate_activations(sizes, len(X), X.dtype)
+    acts[0][:, :-1] = X
+    Y = ae.forward(layers, acts, ae.allocate_masks(sizes, len(X)))
+    return ae.mse_loss(Y, X, np.empty_like(X))
+
+
+def gradients(layers, work):
+    """Return the loss gradient of every layer for the batch in work."""
+    Y = ae.forward(layers, work.acts, work.masks)
+    ae.mse_loss(Y, work.batch, work.diff)
+    grads = [np.empty_like(P) for P in layers]
+    ae.backward(layers, work.acts, work.masks, work.diff, grads, work.deltas)
+    return grads
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_sgd_step_lowers_loss_keeps_shapes(dtype):
-    weights, biases, X = small_network(dtype)
-    shapes = [p.shape for p in weights + biases]
-    work = ae.Workspace(SIZES, len(X), dtype)
-    before = batch_loss(weights, biases, X)
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+def test_sgd_step_lowers_loss_keeps_shapes(dtype, momentum):
+    layers, work = small_network(dtype)
+    velocity = [np.zeros_like(P) for P in layers]
+    shapes = [P.shape for P in layers]
+    before = batch_loss(layers, work.batch)
 
-    step_loss = ae.sgd_step(weights, biases, X, 0.5, *work.rows(16)[1:])
+    step_loss = ae.sgd_step(layers, velocity, work, 0.5, momentum)
 
     assert step_loss == pytest.approx(before, rel=1e-6)
-    assert batch_loss(weights, biases, X) < before
-    assert [p.shape for p in weights + biases] == shapes
-    assert all(p.dtype == dtype for p in weights + biases)
+    assert batch_loss(layers, work.batch) < before
+    assert [P.shape for P in layers] == shapes
+    assert all(P.dtype == dtype for P in layers + velocity)
+    assert all((A[:, -1] == 1).all() for A in work.acts[:-1])
 
 
 def test_sgd_step_is_gradient_step():
-    weights, biases, X = small_network(np.float64)
-    work = ae.Workspace(SIZES, len(X), np.float64)
-    acts, deltas, diff = work.rows(16)[1:]
-    ae.forward(weights, biases, X, acts)
-    ae.mse_loss(acts[-1], X, diff)
-    grads_w = [np.empty_like(W) for W in weights]
-    grads_b = [np.empty_like(b) for b in biases]
-    ae.backward(weights, X, acts, diff, grads_w, grads_b, deltas)
-    expected_w = [W - 0.3 * g for W, g in zip(weights, grads_w)]
-    expected_b = [b - 0.3 * g for b, g in zip(biases, grads_b)]
+    layers, work = small_network(np.float64)
+    expected = [P - 0.3 * G for P, G in zip(layers, gradients(layers, work))]
 
-    ae.sgd_step(weights, biases, X, 0.3, acts, deltas, diff)
+    ae.sgd_step(layers, None, work, 0.3, momentum=0.0)
 
-    for W, expected in zip(weights, expected_w):
-        np.testing.assert_allclose(W, expected, rtol=1e-12, atol=1e-15)
-    for b, expected in zip(biases, expected_b):
-        np.testing.assert_allclose(b, expected, rtol=1e-12, atol=1e-15)
+    for P, P_expected in zip(layers, expected):
+        np.testing.assert_allclose(P, P_expected, rtol=1e-12, atol=1e-15)
+
+
+def test_momentum_step_matches_formula():
+    layers, work = small_network(np.float64)
+    rng = np.random.default_rng(5)
+    velocity = [rng.normal(0, 0.01, P.shape) for P in layers]
+    grads = gradients(layers, work)
+    V_expected = [0.9 * V - 0.3 * G for V, G in zip(velocity, grads)]
+    P_expected = [P + V for P, V in zip(layers, V_expected)]
+
+    ae.sgd_step(layers, velocity, work, 0.3, momentum=0.9)
+
+    for V, V_want in zip(velocity, V_expected):
+        np.testing.assert_allclose(V, V_want, rtol=1e-12, atol=1e-15)
+    for P, P_want in zip(layers, P_expected):
+        np.testing.assert_allclose(P, P_want, rtol=1e-12, atol=1e-15)
+
+
+def test_learning_rate_warms_up_then_decays():
+    args = argparse.Namespace(lr=2.0, lr_decay=0.5)
+    first = [ae.learning_rate(args, 1, step, 4) for step in range(4)]
+    assert first == [0.5, 1.0, 1.5, 2.0]
+    assert ae.learning_rate(args, 2, 0, 4) == 1.0
+    assert ae.learning_rate(args, 3, 3, 4) == 0.5
+
+
+def test_gemm_rejects_row_major_output():
+    A = np.ones((3, 2), order="F")
+    with pytest.raises(ValueError, match="Fortran"):
+        ae.gemm(1.0, A, A.T, 0.0, np.zeros((3, 3)))
 
 
 def test_sigmoid_extremes_raise_no_warning():
@@ -79,12 +116,19 @@ def full_network(seed=0):
 
 
 def test_evaluate_matches_one_big_batch():
-    weights, biases = full_network()
+    layers = full_network()
     X = np.random.default_rng(1).uniform(0, 1, (2500, 784)).astype(np.float32)
-    acts = ae.allocate_activations(ae.LAYER_SIZES, len(X), np.float32)
-    ae.forward(weights, biases, X, acts)
-    whole = ae.mse_loss(acts[-1], X, np.empty_like(X))
-    assert ae.evaluate(weights, biases, X) == pytest.approx(whole, rel=1e-5)
+    whole = batch_loss(layers, X)
+    assert ae.evaluate(layers, X) == pytest.approx(whole, rel=1e-5)
+
+
+def test_decoding_codes_matches_predict():
+    layers = full_network()
+    X = np.random.default_rng(1).uniform(0, 1, (2500, 784)).astype(np.float32)
+    codes = ae.predict(layers, X, layer=ae.CODE_LAYER - 1)
+    rebuilt = ae.predict(layers, codes, start=ae.CODE_LAYER)
+    assert codes.shape == (2500, ae.LAYER_SIZES[ae.CODE_LAYER])
+    np.testing.assert_allclose(rebuilt, ae.predict(layers, X), atol=1e-6)
 
 
 def peak_bytes(function):
@@ -98,19 +142,19 @@ def peak_bytes(function):
 
 
 def test_evaluate_memory_independent_of_rows():
-    weights, biases = full_network()
+    layers = full_network()
     X = np.random.default_rng(1).uniform(0, 1, (20000, 784)).astype(np.float32)
-    small = peak_bytes(lambda: ae.evaluate(weights, biases, X[:2000]))
-    large = peak_bytes(lambda: ae.evaluate(weights, biases, X))
+    small = peak_bytes(lambda: ae.evaluate(layers, X[:2000]))
+    large = peak_bytes(lambda: ae.evaluate(layers, X))
     # One forward pass over all 20,000 rows would need about 200 MB.
     assert large < 1.1 * small + 100_000
     assert large < 20_000_000
 
 
 def test_encoding_memory_is_codes_plus_chunk():
-    weights, biases = full_network()
+    layers = full_network()
     X = np.random.default_rng(1).uniform(0, 1, (20000, 784)).astype(np.float32)
     layer = ae.CODE_LAYER - 1
     codes_bytes = 20000 * ae.LAYER_SIZES[ae.CODE_LAYER] * 4
-    peak = peak_bytes(lambda: ae.predict(weights, biases, X, layer=layer))
+    peak = peak_bytes(lambda: ae.predict(layers, X, layer=layer))
     assert peak < codes_bytes + 20_000_000
