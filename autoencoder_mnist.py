@@ -37,7 +37,7 @@ EVAL_ROWS = 1000  # images per chunk when evaluating, encoding and decoding
 MIN_TEST_IMAGES = 10  # the reconstruction figure shows ten
 
 # Training defaults, chosen on 60,000 Fashion-MNIST images (see the README).
-LR = 4.0  # learning rate of the first epoch
+LR = 4.0  # learning rate at the end of the first epoch's warm-up
 LR_DECAY = 0.96  # factor per epoch: epoch 100 trains at about LR / 57
 MOMENTUM = 0.9
 
@@ -65,6 +65,7 @@ OUTPUT_FILES = [
     "training_log.txt",
 ]
 PARTIAL_LOG = "training_log.partial.txt"
+LOCK_FILE = ".run.lock"  # held in --out while a run writes there
 REPLACE_FILE_HINT = ("Copy an intact file into its place, or move the "
                      "folder's dataset files away and run again to download "
                      "all four.")
@@ -617,10 +618,11 @@ def train_epoch(layers, velocity, X_train, args, rng, works, epoch):
             lr = learning_rate(args, epoch, step, steps)
             loss = sgd_step(layers, velocity, work, lr, args.momentum)
             if not math.isfinite(loss):
+                suggestion = min(args.lr / 10, LR)
                 raise TrainingDiverged(
                     f"the training loss became {loss} in epoch {epoch}, "
                     f"batch {step + 1}; try a smaller learning rate "
-                    f"than --lr {args.lr:g}, such as --lr {args.lr / 10:g}."
+                    f"than --lr {args.lr:g}, such as --lr {suggestion:g}."
                 )
             loss_sum += loss * len(idx)
     return loss_sum / n_train
@@ -794,6 +796,19 @@ def save_checkpoint(path, layers, velocity, history, rng, config):
         np.savez(f, **arrays)
 
 
+def valid_history(history):
+    """Return whether history is a list of epoch records, epochs 1, 2, ..."""
+    keys = ["epoch", "train_mse", "test_mse", "train_seconds"]
+    if not isinstance(history, list):
+        return False
+    for number, record in enumerate(history, start=1):
+        if not (isinstance(record, dict) and record.get("epoch") == number
+                and all(isinstance(record.get(key), (int, float))
+                        for key in keys)):
+            return False
+    return True
+
+
 def load_checkpoint(path, dtype):
     """Return layers, velocities, history, rng and config saved by a run."""
     not_checkpoint = (f"cannot resume from {path}: it is not an "
@@ -804,8 +819,20 @@ def load_checkpoint(path, dtype):
         if not isinstance(saved, np.lib.npyio.NpzFile):
             raise InputError(f"{not_checkpoint} (a single array).")
         with saved:
+            names = [f"{kind}{i}" for kind in "WbV" for i in range(n)]
+            missing = [name for name in names + ["history", "rng_state",
+                                                 "config", "epoch"]
+                       if name not in saved.files]
+            if missing:
+                raise InputError(
+                    f"cannot resume from {path}: it has no "
+                    f"{', '.join(missing)}. "
+                    "A checkpoint of an older version of the script has "
+                    "no velocities V0..V5 and cannot be resumed; start a "
+                    "new run without --resume.")
             arrays = [[saved[f"{kind}{i}"] for i in range(n)]
                       for kind in "WbV"]
+            epoch = int(saved["epoch"])
             history = json.loads(str(saved["history"]))
             rng = np.random.default_rng()
             rng.bit_generator.state = json.loads(str(saved["rng_state"]))
@@ -824,9 +851,10 @@ def load_checkpoint(path, dtype):
             f"velocities have shapes {shapes}, this script's have "
             f"{expected}."
         )
-    keys = {"epoch", "train_mse", "test_mse", "train_seconds"}
-    if not all(isinstance(r, dict) and keys <= r.keys() for r in history):
-        raise InputError(f"{not_checkpoint} (its history is damaged).")
+    if not (isinstance(config, dict) and valid_history(history)
+            and len(history) == epoch):
+        raise InputError(f"{not_checkpoint} (its history or settings are "
+                         "damaged).")
     layers = [np.vstack([W, b]).astype(dtype) for W, b in zip(*arrays[:2])]
     velocity = [V.astype(dtype) for V in arrays[2]]
     return layers, velocity, history, rng, config
@@ -911,7 +939,8 @@ def parse_args(argv=None):
     parser.add_argument("--batch-size", type=positive(int), default=64,
                         help="images per SGD step")
     parser.add_argument("--lr", type=positive(float), default=LR,
-                        help="learning rate of the first epoch")
+                        help="learning rate, reached at the end of the "
+                             "first epoch's linear warm-up")
     parser.add_argument("--lr-decay", type=decay, default=LR_DECAY,
                         help="factor applied to the learning rate after "
                              "each epoch")
@@ -1126,6 +1155,28 @@ def publish(staging, out):
         signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
 
 
+def lock_folder(out):
+    """Lock out for this run; return the open lock file.
+
+    Two runs writing into one folder would mix their logs and outputs, so
+    a second run stops with InputError.  Without fcntl (on Windows) there
+    is no lock and None is returned.
+    """
+    try:
+        import fcntl
+    except ImportError:
+        return None
+    handle = open(out / LOCK_FILE, "w")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise InputError(
+            f"another run is writing into --out {out}; wait for it to "
+            f"finish, or choose another --out") from None
+    return handle
+
+
 def run(args):
     """Load, train, evaluate and write every output; return the exit code."""
     out = Path(args.out)
@@ -1140,6 +1191,7 @@ def run(args):
 
     try:
         out.mkdir(parents=True, exist_ok=True)
+        lock = lock_folder(out)  # released when this process exits
         log = RunLog(out / PARTIAL_LOG, early_lines)
     except OSError as error:
         raise InputError(f"cannot write into --out {out}: {error}; choose "
@@ -1170,6 +1222,8 @@ def run(args):
         return EXIT_INTERRUPTED
     finally:
         log.close()
+        if lock is not None:
+            lock.close()
     return 0
 
 

@@ -1,5 +1,6 @@
 """Each kind of bad input or interruption ends cleanly, losing nothing."""
 
+import fcntl
 import gzip
 import hashlib
 import json
@@ -154,6 +155,56 @@ def test_resume_from_non_checkpoint_rejected(tmp_path, data_dir, content):
                         "--out", out)
     assert_clean_failure(result, out)
     assert f"cannot resume from {bad}" in result.stderr
+
+
+def damaged_checkpoint(tmp_path, data_dir, damage):
+    """Write a real checkpoint, damage it as named, and return its path."""
+    first = run_script("--data-dir", data_dir, "--epochs", 1,
+                       "--out", tmp_path / "first")
+    assert first.returncode == 0, first.stderr
+    with np.load(tmp_path / "first" / "autoencoder.npz") as saved:
+        arrays = dict(saved)
+    if damage == "no velocities":
+        for i in range(len(ae.LAYER_SIZES) - 1):
+            del arrays[f"V{i}"]
+    elif damage == "config a list":
+        arrays["config"] = np.array(json.dumps([1, 2]))
+    else:
+        history = json.loads(str(arrays["history"]))
+        history[0]["train_mse"] = "low"
+        arrays["history"] = np.array(json.dumps(history))
+    path = tmp_path / "damaged.npz"
+    np.savez(path, **arrays)
+    return path
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("no velocities", "has no V0"), ("config a list", "damaged"),
+    ("history a string", "damaged")])
+def test_resume_from_damaged_checkpoint_rejected(tmp_path, data_dir, damage,
+                                                 message):
+    path = damaged_checkpoint(tmp_path, data_dir, damage)
+    out = tmp_path / "out"
+    result = run_script("--data-dir", data_dir, "--epochs", 2,
+                        "--resume", path, "--out", out)
+    assert_clean_failure(result, out)
+    assert message in result.stderr
+
+
+def test_second_run_into_busy_out_rejected(tmp_path, data_dir):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "metrics.json").write_text("{}")
+    with open(out / ae.LOCK_FILE, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # as a run in progress would
+        result = run_script("--data-dir", data_dir, "--epochs", 1,
+                            "--out", out)
+    assert result.returncode == 2
+    assert "another run is writing into --out" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert sorted(p.name for p in out.iterdir()) == [ae.LOCK_FILE,
+                                                     "metrics.json"]
+    assert (out / "metrics.json").read_text() == "{}"
 
 
 def test_limit_below_code_size_runs(tmp_path, data_dir):
