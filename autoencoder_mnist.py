@@ -65,7 +65,6 @@ OUTPUT_FILES = [
     "training_log.txt",
 ]
 PARTIAL_LOG = "training_log.partial.txt"
-LOCK_FILE = ".run.lock"  # held in --out while a run writes there
 REPLACE_FILE_HINT = ("Copy an intact file into its place, or move the "
                      "folder's dataset files away and run again to download "
                      "all four.")
@@ -1156,25 +1155,26 @@ def publish(staging, out):
 
 
 def lock_folder(out):
-    """Lock out for this run; return the open lock file.
+    """Lock the folder out for this run; return the locked descriptor.
 
     Two runs writing into one folder would mix their logs and outputs, so
-    a second run stops with InputError.  Without fcntl (on Windows) there
-    is no lock and None is returned.
+    a second run stops with InputError.  The lock is on the folder itself,
+    so no file is left behind.  Without fcntl (on Windows) there is no
+    lock and None is returned.
     """
     try:
         import fcntl
     except ImportError:
         return None
-    handle = open(out / LOCK_FILE, "w")
+    descriptor = os.open(out, os.O_RDONLY)
     try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        handle.close()
+        os.close(descriptor)
         raise InputError(
             f"another run is writing into --out {out}; wait for it to "
             f"finish, or choose another --out") from None
-    return handle
+    return descriptor
 
 
 def run(args):
@@ -1223,7 +1223,7 @@ def run(args):
     finally:
         log.close()
         if lock is not None:
-            lock.close()
+            os.close(lock)
     return 0
 
 

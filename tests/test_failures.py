@@ -195,15 +195,17 @@ def test_second_run_into_busy_out_rejected(tmp_path, data_dir):
     out = tmp_path / "out"
     out.mkdir()
     (out / "metrics.json").write_text("{}")
-    with open(out / ae.LOCK_FILE, "w") as lock:
+    lock = os.open(out, os.O_RDONLY)
+    try:
         fcntl.flock(lock, fcntl.LOCK_EX)  # as a run in progress would
         result = run_script("--data-dir", data_dir, "--epochs", 1,
                             "--out", out)
+    finally:
+        os.close(lock)
     assert result.returncode == 2
     assert "another run is writing into --out" in result.stderr
     assert "Traceback" not in result.stderr
-    assert sorted(p.name for p in out.iterdir()) == [ae.LOCK_FILE,
-                                                     "metrics.json"]
+    assert [p.name for p in out.iterdir()] == ["metrics.json"]
     assert (out / "metrics.json").read_text() == "{}"
 
 
