@@ -527,7 +527,7 @@ def chunks(layers, X, start, rows):
     Each chunk is copied into acts[start] as the input of layer start.
     """
     sizes = layer_sizes(layers)
-    buffers = {}  # by chunk length; only the last chunk can be shorter
+    buffers = {}  # keyed by length, because the last chunk can be shorter
     for lo in range(0, len(X), rows):
         chunk = X[lo:lo + rows]
         n = len(chunk)
@@ -1191,7 +1191,7 @@ def run(args):
 
     try:
         out.mkdir(parents=True, exist_ok=True)
-        lock = lock_folder(out)  # released when this process exits
+        lock = lock_folder(out)  # released below, or when the process exits
         log = RunLog(out / PARTIAL_LOG, early_lines)
     except OSError as error:
         raise InputError(f"cannot write into --out {out}: {error}; choose "
