@@ -4,13 +4,15 @@ Both sides train the same 784-512-256-128-256-512-784 network (ReLU inside,
 sigmoid output, per-pixel MSE) in float32 on the same 60,000 images, with
 SGD at the script's momentum and again as plain SGD.  They take turns in one
 process, so that both see the same machine load.  A third contender runs
-only the 17 matrix products of each SGD step through NumPy: the floor that
-no NumPy version can beat.
+only the 17 matrix products of each SGD step through NumPy, as a plain
+NumPy version would call them: the floor.  A fourth runs the same products
+through PyTorch, which shows how much of the gap to PyTorch lies in the
+matrix-product libraries themselves.
 
     python benchmark/speed.py --data-dir DIR   # DIR contains Fashion-MNIST
 
 Prints seconds per epoch (the median of --repeats), the ratio to PyTorch,
-the floor, and the peak resident memory of the script's default run.
+the floors, and the peak resident memory of the script's default run.
 """
 
 import argparse
@@ -26,6 +28,10 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
+# The pause before each timed epoch.  Without it, NumPy's epochs took 5%
+# longer, likely because the worker threads of the contender before them
+# were still spinning on the cores while waiting for work.
+SETTLE_SECONDS = 1.0
 sys.path.insert(0, str(ROOT))
 
 import autoencoder_mnist as ae  # noqa: E402  (needs the path above)
@@ -51,8 +57,11 @@ def numpy_epoch(state, X, args):
     return time.perf_counter() - start
 
 
-def floor_epoch(state, n_images, batch_size):
-    """Run only the 17 matrix products of every step; return the seconds."""
+def floor_epoch(state, n_images, batch_size, matmul):
+    """Run only the 17 matrix products of every step; return the seconds.
+
+    matmul is np.matmul for NumPy arrays in state, torch.mm for tensors.
+    """
     weights, acts, deltas, grads = state
     start = time.perf_counter()
     for lo in range(0, n_images, batch_size):
@@ -60,11 +69,11 @@ def floor_epoch(state, n_images, batch_size):
         A = [a[:n] for a in acts]
         D = [d[:n] for d in deltas]
         for i, W in enumerate(weights):
-            np.matmul(A[i], W, out=A[i + 1])
+            matmul(A[i], W, out=A[i + 1])
         for i in range(len(weights) - 1, -1, -1):
-            np.matmul(A[i].T, D[i + 1], out=grads[i])
+            matmul(A[i].T, D[i + 1], out=grads[i])
             if i > 0:
-                np.matmul(D[i + 1], weights[i].T, out=D[i])
+                matmul(D[i + 1], weights[i].T, out=D[i])
     return time.perf_counter() - start
 
 
@@ -106,9 +115,11 @@ def torch_state(sizes, lr, momentum, seed):
 
 
 def floor_state(sizes, batch_size, seed):
-    """Return random weights and buffers for the matrix products alone."""
+    """Return random weights and buffers for the matrix products alone,
+    all row-major."""
     rng = np.random.default_rng(seed)
-    weights = [P[:-1] for P in ae.init_params(sizes, rng, np.float32)]
+    weights = [np.ascontiguousarray(P[:-1])
+               for P in ae.init_params(sizes, rng, np.float32)]
     acts = [rng.random((batch_size, n), np.float32) for n in sizes]
     deltas = [rng.random((batch_size, n), np.float32) * 1e-3 for n in sizes]
     grads = [np.empty_like(W) for W in weights]
@@ -116,7 +127,7 @@ def floor_state(sizes, batch_size, seed):
 
 
 def time_batch_size(X, args, repeats, seed):
-    """Return median seconds per epoch for numpy, torch and the floor.
+    """Return median seconds per epoch for numpy, torch and both floors.
 
     args contains the script's settings: batch size, learning rate, momentum.
     """
@@ -131,14 +142,24 @@ def time_batch_size(X, args, repeats, seed):
     numpy_state = (layers, velocity, rng, works)
     reference = torch_state(sizes, args.lr, args.momentum, seed)
     floor = floor_state(sizes, args.batch_size, seed)
+    # Copies, so that the two floors do not share memory.
+    torch_floor = [[torch.from_numpy(a.copy()) for a in arrays]
+                   for arrays in floor]
     X_torch = torch.from_numpy(X)
 
-    times = {"numpy": [], "torch": [], "floor": []}
+    times = {"numpy": [], "torch": [], "floor": [], "torch floor": []}
     for _ in range(repeats):
+        time.sleep(SETTLE_SECONDS)
         times["numpy"].append(numpy_epoch(numpy_state, X, args))
+        time.sleep(SETTLE_SECONDS)
         times["torch"].append(torch_epoch(reference, X_torch,
                                           args.batch_size))
-        times["floor"].append(floor_epoch(floor, len(X), args.batch_size))
+        time.sleep(SETTLE_SECONDS)
+        times["floor"].append(floor_epoch(floor, len(X), args.batch_size,
+                                          np.matmul))
+        time.sleep(SETTLE_SECONDS)
+        times["torch floor"].append(floor_epoch(torch_floor, len(X),
+                                                args.batch_size, torch.mm))
     return {name: statistics.median(values) for name, values in times.items()}
 
 
@@ -223,8 +244,8 @@ def main():
 
     header = (f"{'momentum':>8}  {'batch':>5}  {'numpy s':>8}  "
               f"{'torch s':>8}  {'numpy/torch':>11}  {'floor s':>8}  "
-              f"{'numpy/floor':>11}  {'numpy GFLOP/s':>13}  "
-              f"{'torch GFLOP/s':>13}")
+              f"{'numpy/floor':>11}  {'torch floor s':>13}  "
+              f"{'numpy GFLOP/s':>13}  {'torch GFLOP/s':>13}")
     print(header)
     for momentum in args.momentums:
         for batch_size in args.batch_sizes:
@@ -234,6 +255,7 @@ def main():
             print(f"{momentum:>8g}  {batch_size:>5}  {t['numpy']:8.2f}  "
                   f"{t['torch']:8.2f}  {t['numpy'] / t['torch']:11.2f}  "
                   f"{t['floor']:8.2f}  {t['numpy'] / t['floor']:11.2f}  "
+                  f"{t['torch floor']:13.2f}  "
                   f"{gflop / t['numpy']:13.1f}  {gflop / t['torch']:13.1f}",
                   flush=True)
 

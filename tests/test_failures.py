@@ -87,6 +87,7 @@ def test_unambiguous_layout_loads(tmp_path):
     ("--dataset", "cifar10"), ("--seed", "-1"), ("--seed", "4294967296"),
     ("--seed", "x"), ("--data-dir", ""), ("--resume", " "),
     ("--momentum", "1"), ("--momentum", "-0.1"), ("--momentum", "nan"),
+    ("--momentum", "1e-300"),
     ("--lr-decay", "0"), ("--lr-decay", "1.5"), ("--lr-decay", "nan")])
 def test_bad_flag_rejected_before_loading(tmp_path, flag, value):
     out = tmp_path / "out"
