@@ -41,19 +41,20 @@ LR = 4.0  # learning rate at the end of the first epoch's warm-up
 LR_DECAY = 0.96  # factor per epoch: epoch 100 trains at about LR / 57
 MOMENTUM = 0.9
 
-# With momentum, the velocity arrays store V / decay (see train_epoch), and
-# settle_velocities multiplies them out whenever decay would fall below
-# MIN_DECAY, which is also the smallest momentum other than 0 that
-# --momentum accepts.  It then also sets to 0 every velocity below
-# VELOCITY_FLOOR.  The velocities of units that stopped learning shrink
-# towards the subnormal floats (below 1.2e-38 in float32).  x86 processors
-# compute many times slower on those, and an epoch at batch 64 took nearly
-# twice as long before this flush was added.  Between two settlings a
-# velocity is multiplied by no less than MIN_DECAY, so one left at
-# VELOCITY_FLOOR or above stays a normal float (1e-29 * 1e-8 = 1e-37).  A
-# velocity below 1e-29 moves a weight by less than float32 (or float64) can
-# resolve unless the weight itself is below about 1e-22 (1e-13).
-MIN_DECAY = 1e-8
+# With momentum, the velocity arrays store V / momentum_power, where
+# momentum_power is the momentum raised to the number of steps since they
+# last stored V (see train_epoch).  settle_velocities multiplies them out
+# whenever that power would fall below MIN_MOMENTUM_POWER, which is why
+# --momentum takes no value between 0 and MIN_MOMENTUM_POWER.  It also sets
+# every velocity below VELOCITY_FLOOR to 0.  Otherwise the velocities of
+# units that stopped learning shrink into the subnormal floats (below
+# 1.2e-38 in float32), on which x86 processors compute many times slower:
+# an epoch at batch 64 took nearly twice as long.  Between two settlings a
+# velocity is multiplied by at least MIN_MOMENTUM_POWER, so one at
+# VELOCITY_FLOOR or above stays normal (1e-29 * 1e-8 = 1e-37).  A velocity
+# below 1e-29 moves a weight by less than float32 (float64) can resolve,
+# unless the weight is below about 1e-22 (1e-13).
+MIN_MOMENTUM_POWER = 1e-8
 VELOCITY_FLOOR = 1e-29
 
 DATASETS = {  # --dataset value: torchvision class name
@@ -342,9 +343,9 @@ def read_dataset_in_child(data_dir, dataset, splits):
 #
 # The product that gives a layer's gradient writes straight into the layer
 # (or its velocity).  OpenBLAS 0.3.30 computed it up to 1.6 times faster
-# (AVX-512, batch 64) when that output, taken in the order it lies in
-# memory, has fewer rows than columns.  So a layer that narrows
-# (n_out < n_in) is stored row-major and one that widens column-major.
+# (AVX-512, batch 64) when that output, read in its memory order, had fewer
+# rows than columns.  So a layer that narrows (n_out < n_in) is stored
+# row-major and one that widens is stored column-major.
 
 
 def layer_order(n_in, n_out):
@@ -393,11 +394,11 @@ def allocate_masks(sizes, rows):
 
 def allocate_deltas(sizes, rows, dtype):
     """Return one array per size n: (rows, n) row-major for the last, else
-    (rows, n + 1) column-major, whose last column receives the gradient
-    with respect to the column of ones and goes unused."""
-    return [np.empty((rows, n), dtype) if i == len(sizes) - 1 else
-            np.empty((rows, n + 1), dtype, order="F")
-            for i, n in enumerate(sizes)]
+    (rows, n + 1) column-major.  The extra last column receives the
+    gradient with respect to the column of ones, which goes unused."""
+    deltas = [np.empty((rows, n + 1), dtype, order="F") for n in sizes[:-1]]
+    deltas.append(np.empty((rows, sizes[-1]), dtype))
+    return deltas
 
 
 def blas_operand(X):
@@ -406,8 +407,8 @@ def blas_operand(X):
         return X, 0
     if X.flags.c_contiguous:
         return X.T, 1
-    raise ValueError("gemm needs arrays that are contiguous in memory; "
-                     "BLAS would otherwise be handed a copy")
+    raise ValueError("gemm needs operands that are contiguous in memory, "
+                     "because SciPy would pass BLAS a copy of any other")
 
 
 def gemm(alpha, X, Y, beta, C):
@@ -422,8 +423,8 @@ def gemm(alpha, X, Y, beta, C):
     if not C.flags.f_contiguous:
         X, Y, C = Y.T, X.T, C.T
     if not C.flags.f_contiguous:
-        raise ValueError("gemm writes only into an array that is "
-                         "contiguous in memory")
+        raise ValueError("gemm needs an output array that is contiguous "
+                         "in memory")
     product = blas.sgemm if C.dtype == np.float32 else blas.dgemm
     a, trans_a = blas_operand(X)
     b, trans_b = blas_operand(Y)
@@ -435,11 +436,11 @@ def sigmoid_of_halved_(z):
     """Replace z = x / 2 by the logistic sigmoid 1 / (1 + exp(-x)) in place.
 
     It uses sigmoid(x) = (1 + tanh(x / 2)) / 2, which cannot overflow and
-    took two thirds of the time of the exp form (float32, NumPy 2.4,
-    AVX-512).  forward halves the output layer's product in the product
-    itself, which saves a pass over it.  In float32 the result is within
-    about 6e-8 of the exact value; below x = -17 or so it is 0, where the
-    exp form gives a few 1e-8 at most, a difference no pixel MSE can see.
+    took about two thirds of the time of the exp form (float32, NumPy 2.4,
+    AVX-512).  forward halves the output layer's product inside the product,
+    which saves a pass over it.  In float32 the result is within about 6e-8
+    of the exact value.  Below x = -17 or so it is 0 where the exact value
+    is at most a few 1e-8, a difference no pixel MSE can see.
     """
     np.tanh(z, out=z)
     z *= 0.5
@@ -521,8 +522,8 @@ def backward(layers, acts, masks, diff, grads, deltas, scale=1.0, beta=0.0,
     for i in range(len(layers) - 1, -1, -1):
         below = deltas[i][:, :-1]
         if i > 0 or input_grad:  # uses layers[i] before any update
-            # The whole of layers[i] is one contiguous operand; the bias
-            # row's share lands in the unused last column of deltas[i].
+            # All of layers[i], bias row included, is one contiguous
+            # operand.  The bias row's share lands in deltas[i]'s last column.
             gemm(1.0, delta, layers[i].T, 0.0, deltas[i])
         gemm(1.0, acts[i].T, delta, beta, grads[i])
         if when_done is not None:
@@ -544,23 +545,23 @@ class Workspace:
         self.batch = self.acts[0][:, :-1]  # where the input batch goes
 
 
-def sgd_step(layers, velocity, work, lr, decay=None):
+def sgd_step(layers, velocity, work, lr, momentum_power=None):
     """Take one SGD step on the batch in work.batch; return the batch's MSE.
 
-    Plain SGD (decay None) adds -lr * gradient to each layer inside the
-    product that computes the gradient; velocity is not used.
+    Plain SGD (momentum_power None) adds -lr * gradient to each layer
+    inside the product that computes the gradient.  velocity is not used.
 
-    With momentum, decay is the momentum to the power of the steps since
-    the velocities last stored V, this step included (see train_epoch), so
-    velocity[i] contains layer i's velocity V times momentum / decay.  Adding
-    -lr / decay * gradient to it inside the gradient's product makes it
-    V' / decay, where V' = momentum * V - lr * gradient, without a pass
-    over V to multiply it by the momentum.  Layer i then moves by
-    decay * velocity[i], which is V'.
+    With momentum, momentum_power is the momentum raised to the number of
+    steps since the velocities last stored V, this step included (see
+    train_epoch).  So velocity[i] contains layer i's velocity V times
+    momentum / momentum_power.  Adding -lr / momentum_power * gradient to it
+    inside the gradient's product makes it V' / momentum_power, where
+    V' = momentum * V - lr * gradient, with no pass over V to multiply it by
+    the momentum.  Layer i then moves by momentum_power * velocity[i] = V'.
     """
     Y = forward(layers, work.acts, work.masks)
     loss = mse_loss(Y, work.batch, work.diff)
-    if decay is None:
+    if momentum_power is None:
         backward(layers, work.acts, work.masks, work.diff, layers,
                  work.deltas, scale=-lr, beta=1.0)
         return loss
@@ -571,20 +572,20 @@ def sgd_step(layers, velocity, work, lr, decay=None):
     axpy = blas.saxpy if Y.dtype == np.float32 else blas.daxpy
 
     def move_layer(i):
-        # layers[i] += decay * velocity[i] in place, while both are in cache.
+        # layers[i] += momentum_power * velocity[i], while both are in cache.
         axpy(velocity[i].ravel(order="K"), layers[i].ravel(order="K"),
-             a=decay)
+             a=momentum_power)
 
     backward(layers, work.acts, work.masks, work.diff, velocity, work.deltas,
-             scale=-lr / decay, beta=1.0, when_done=move_layer)
+             scale=-lr / momentum_power, beta=1.0, when_done=move_layer)
     return loss
 
 
-def settle_velocities(velocity, decay):
-    """Multiply each velocity array by decay in place, so that it is V
-    itself, and set every V below VELOCITY_FLOOR in magnitude to 0."""
+def settle_velocities(velocity, momentum_power):
+    """Multiply each velocity array by momentum_power in place, so that it
+    is V itself, and set every V below VELOCITY_FLOOR in magnitude to 0."""
     for V in velocity:
-        V *= decay
+        V *= momentum_power
         V[np.abs(V) < VELOCITY_FLOOR] = 0
 
 
@@ -673,15 +674,16 @@ def train_epoch(layers, velocity, X_train, args, rng, works, epoch):
     batch's MSE by its size, so it is the MSE over every pixel the epoch
     saw.  Raises TrainingDiverged on a loss that is not finite.
 
-    With momentum, the velocity arrays store V / decay during the epoch,
-    where decay is the momentum to the power of the steps since they last
-    stored V.  So each step multiplies one number by the momentum, not
-    every V.  They store V again at the end of the epoch, for checkpoints.
+    With momentum, the velocity arrays store V / momentum_power during the
+    epoch, momentum_power being the momentum raised to the number of steps
+    since they last stored V.  So each step multiplies one number by the
+    momentum, not every V.  They store V again at the end of the epoch, for
+    checkpoints.
     """
     n_train = len(X_train)
     batch_size = min(args.batch_size, n_train)
     steps = math.ceil(n_train / batch_size)
-    decay = 1.0
+    momentum_power = 1.0
     order = rng.permutation(n_train)
     loss_sum = 0.0
     with np.errstate(over="ignore", invalid="ignore"):
@@ -689,17 +691,17 @@ def train_epoch(layers, velocity, X_train, args, rng, works, epoch):
             idx = order[lo:lo + batch_size]
             work = works[len(idx)]
             if args.momentum:
-                if decay * args.momentum < MIN_DECAY:
-                    settle_velocities(velocity, decay)
-                    decay = 1.0
-                decay *= args.momentum
+                if momentum_power * args.momentum < MIN_MOMENTUM_POWER:
+                    settle_velocities(velocity, momentum_power)
+                    momentum_power = 1.0
+                momentum_power *= args.momentum
 
             # Gather the shuffled batch into the reused buffer.
             np.take(X_train, idx, axis=0, out=work.batch)
 
             lr = learning_rate(args, epoch, step, steps)
-            loss = sgd_step(layers, velocity, work, lr,
-                            decay if args.momentum else None)
+            power = momentum_power if args.momentum else None
+            loss = sgd_step(layers, velocity, work, lr, power)
             if not math.isfinite(loss):
                 suggestion = min(args.lr / 10, LR)
                 raise TrainingDiverged(
@@ -709,7 +711,7 @@ def train_epoch(layers, velocity, X_train, args, rng, works, epoch):
                 )
             loss_sum += loss * len(idx)
     if args.momentum:
-        settle_velocities(velocity, decay)
+        settle_velocities(velocity, momentum_power)
     return loss_sum / n_train
 
 
@@ -983,17 +985,17 @@ def seed(text):
 
 
 def momentum(text):
-    """Parse a momentum: 0, or a number from MIN_DECAY up to, but not
-    including, 1 (train_epoch divides by powers of it)."""
+    """Parse a momentum: 0, or a number from MIN_MOMENTUM_POWER up to, but
+    not including, 1 (train_epoch divides by powers of it)."""
     value = parse_number(float, text)
     if not 0 <= value < 1:
         raise argparse.ArgumentTypeError(
             f"must be at least 0 and below 1, got {text}")
-    if 0 < value < MIN_DECAY:
+    if 0 < value < MIN_MOMENTUM_POWER:
         raise argparse.ArgumentTypeError(
-            f"must be 0 or at least {MIN_DECAY:g}, got {text}; a smaller "
-            "momentum changes nothing float32 can show, so use 0 for plain "
-            "SGD")
+            f"must be 0 or at least {MIN_MOMENTUM_POWER:g}, got {text}.  "
+            "A smaller momentum makes the scaled velocities overflow, so use "
+            "0 for plain SGD")
     return value
 
 

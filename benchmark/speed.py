@@ -142,7 +142,7 @@ def time_batch_size(X, args, repeats, seed):
     numpy_state = (layers, velocity, rng, works)
     reference = torch_state(sizes, args.lr, args.momentum, seed)
     floor = floor_state(sizes, args.batch_size, seed)
-    # Copies, so that the two floors do not share memory.
+    # The PyTorch floor gets copies, so the two floors share no memory.
     torch_floor = [[torch.from_numpy(a.copy()) for a in arrays]
                    for arrays in floor]
     X_torch = torch.from_numpy(X)

@@ -39,14 +39,14 @@ def gradients(layers, work):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("decay", [None, 0.9])
-def test_sgd_step_lowers_loss_keeps_shapes(dtype, decay):
+@pytest.mark.parametrize("momentum_power", [None, 0.9])
+def test_sgd_step_lowers_loss_keeps_shapes(dtype, momentum_power):
     layers, work = small_network(dtype)
     velocity = [np.zeros_like(P) for P in layers]
     shapes = [P.shape for P in layers]
     before = batch_loss(layers, work.batch)
 
-    step_loss = ae.sgd_step(layers, velocity, work, 0.5, decay)
+    step_loss = ae.sgd_step(layers, velocity, work, 0.5, momentum_power)
 
     assert step_loss == pytest.approx(before, rel=1e-6)
     assert batch_loss(layers, work.batch) < before
@@ -69,7 +69,8 @@ def test_momentum_step_matches_formula():
     layers, work = small_network(np.float64)
     rng = np.random.default_rng(5)
     V_before = [rng.normal(0, 0.01, P.shape) for P in layers]
-    # The arrays hold V / 0.5; this step's decay is 0.5 * momentum 0.9.
+    # The arrays contain V / 0.5, and this step's momentum_power is
+    # 0.5 * momentum 0.9.
     velocity = [np.zeros_like(P) for P in layers]
     for U, V in zip(velocity, V_before):
         U[...] = V / 0.5
@@ -77,7 +78,7 @@ def test_momentum_step_matches_formula():
     V_expected = [0.9 * V - 0.3 * G for V, G in zip(V_before, grads)]
     P_expected = [P + V for P, V in zip(layers, V_expected)]
 
-    ae.sgd_step(layers, velocity, work, 0.3, decay=0.45)
+    ae.sgd_step(layers, velocity, work, 0.3, momentum_power=0.45)
 
     for U, V_want in zip(velocity, V_expected):
         np.testing.assert_allclose(0.45 * U, V_want, rtol=1e-12, atol=1e-15)
@@ -88,8 +89,9 @@ def test_momentum_step_matches_formula():
 @pytest.mark.parametrize("dtype, rtol", [(np.float64, 1e-10),
                                          (np.float32, 1e-4)])
 def test_momentum_epoch_matches_formula(monkeypatch, dtype, rtol):
-    # At momentum 0.001 the decay would reach 1e-45 in 15 steps, too small
-    # for float32, so the velocities must be settled every other step.
+    # At momentum 0.001 the momentum_power would reach 1e-45 in 15 steps,
+    # too small for float32, so the velocities must be settled every other
+    # step.
     args = argparse.Namespace(batch_size=8, lr=0.3, lr_decay=0.5,
                               momentum=0.001)
     layers, _ = small_network(dtype)
@@ -110,8 +112,12 @@ def test_momentum_epoch_matches_formula(monkeypatch, dtype, rtol):
 
     settlings = []
     settle = ae.settle_velocities
-    monkeypatch.setattr(ae, "settle_velocities",
-                        lambda *a: settlings.append(settle(*a)))
+
+    def counted_settle(velocity, momentum_power):
+        settlings.append(momentum_power)
+        settle(velocity, momentum_power)
+
+    monkeypatch.setattr(ae, "settle_velocities", counted_settle)
     works = {8: ae.Workspace(SIZES, 8, dtype)}
     ae.train_epoch(layers, velocity, X, args, np.random.default_rng(2),
                    works, epoch=2)
@@ -153,12 +159,12 @@ def test_gemm_rejects_strided_arrays():
         ae.gemm(1.0, A[::2], A, 0.0, np.zeros((2, 4)))
 
 
-def test_momentum_step_rejects_velocity_in_other_order():
+def test_step_rejects_misordered_velocity():
     layers, work = small_network(np.float64)
     velocity = [np.zeros(P.shape, order="C") for P in layers]
     assert any(P.flags.f_contiguous for P in layers)
     with pytest.raises(ValueError, match="same order"):
-        ae.sgd_step(layers, velocity, work, 0.3, decay=0.9)
+        ae.sgd_step(layers, velocity, work, 0.3, momentum_power=0.9)
 
 
 def test_sigmoid_extremes_raise_no_warning():
